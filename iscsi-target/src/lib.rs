@@ -6,3 +6,10 @@
 
 pub mod backend;
 pub mod scsi;
+pub mod limits;
+pub mod pdu;
+pub mod login;
+pub mod gateway;
+pub mod server;
+pub mod session;
+pub mod config;

@@ -13,6 +13,30 @@
 //! - Task management: [`ScsiTarget::lu_reset`], [`ScsiTarget::target_reset`]
 //!   and [`ScsiTarget::nexus_gone`]; the iSCSI layer aborts the tasks itself.
 
+mod alua;
+mod cdb;
+mod inquiry;
+mod misc;
+mod mode;
+mod pr;
+mod provisioning;
+mod rw;
+mod sense;
+mod table;
+mod target;
+#[cfg(test)]
+mod tests;
+mod ua;
+
+pub use alua::{AluaProvider, AsymmetricAccessState, StandaloneAlua, TargetPortGroup};
+pub use cdb::parse_cdb_for_fuzz;
+pub use pr::{
+    FilePrStore, MemoryPrStore, PrState, PrStore, PrStoreError, PrType, Registration, Reservation,
+};
+pub use sense::SenseReason;
+pub use target::{ScsiTarget, ScsiTargetConfig};
+pub use ua::UaKind;
+
 use crate::backend::BlockDevice;
 use bytes::Bytes;
 use std::sync::Arc;

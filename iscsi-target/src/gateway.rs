@@ -1,0 +1,144 @@
+//! What a gateway serves: its targets (names, CHAP, ACLs, SCSI logical
+//! units), its portals, and the live sessions (for TSIH allocation, session
+//! reinstatement and resets that reach across sessions).
+
+use crate::login::chap::ChapConfig;
+use crate::login::{Directory, TargetAuth};
+use crate::scsi::{ItNexus, ScsiTarget};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// One iSCSI target: its login settings and its logical units.
+pub struct Target {
+    pub auth: TargetAuth,
+    pub scsi: Arc<ScsiTarget>,
+}
+
+/// Orders a session's driver can receive from elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionControl {
+    /// Close the connection (reinstatement, cold reset, shutdown).
+    Close,
+    /// Abort tasks on one LUN, or on all with `None` (another session's reset).
+    AbortTasks(Option<u64>),
+}
+
+struct SessionEntry {
+    nexus: ItNexus,
+    control: mpsc::UnboundedSender<SessionControl>,
+}
+
+/// The gateway's targets, portals and live sessions.
+pub struct Gateway {
+    targets: HashMap<String, Target>,
+    /// Portals advertised in SendTargets (`ip:port`), with our TPGT.
+    pub portals: Vec<String>,
+    pub tpgt: u16,
+    pub discovery_chap: ChapConfig,
+    sessions: Mutex<HashMap<u64, SessionEntry>>,
+    next_session_id: AtomicU64,
+    next_tsih: AtomicU16,
+}
+
+impl Gateway {
+    pub fn new(targets: Vec<Target>, portals: Vec<String>, tpgt: u16, discovery_chap: ChapConfig) -> Self {
+        Gateway {
+            targets: targets.into_iter().map(|t| (t.auth.name.clone(), t)).collect(),
+            portals,
+            tpgt,
+            discovery_chap,
+            sessions: Mutex::new(HashMap::new()),
+            next_session_id: AtomicU64::new(1),
+            next_tsih: AtomicU16::new(1),
+        }
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.get(name)
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.values()
+    }
+
+    /// A fresh non-zero TSIH.
+    pub fn allocate_tsih(&self) -> u16 {
+        loop {
+            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
+            if t != 0 {
+                return t;
+            }
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Registers a session that reached full feature phase, closing any older
+    /// session of the same I_T nexus (session reinstatement, RFC 7143 §6.3.5).
+    pub fn register(&self, nexus: ItNexus, control: mpsc::UnboundedSender<SessionControl>) -> u64 {
+        let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let mut sessions = self.sessions.lock();
+        let old: Vec<u64> = sessions
+            .iter()
+            .filter(|(_, e)| e.nexus == nexus)
+            .map(|(id, _)| *id)
+            .collect();
+        for old_id in old {
+            if let Some(e) = sessions.remove(&old_id) {
+                tracing::info!(initiator = %nexus.initiator_name, "session reinstated; closing the old one");
+                let _ = e.control.send(SessionControl::Close);
+            }
+        }
+        sessions.insert(id, SessionEntry { nexus, control });
+        id
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.sessions.lock().remove(&id);
+    }
+
+    /// Sends `ctl` to every other session of `target`.
+    pub fn broadcast(&self, target: &str, except: u64, ctl: SessionControl) {
+        for (id, e) in self.sessions.lock().iter() {
+            if *id != except && e.nexus.target_name == target {
+                let _ = e.control.send(ctl);
+            }
+        }
+    }
+
+    /// Closes every session (shutdown).
+    pub fn close_all(&self) {
+        for e in self.sessions.lock().values() {
+            let _ = e.control.send(SessionControl::Close);
+        }
+    }
+}
+
+impl Directory for Gateway {
+    fn target(&self, name: &str) -> Option<TargetAuth> {
+        self.targets.get(name).map(|t| t.auth.clone())
+    }
+
+    fn discovery_chap(&self) -> ChapConfig {
+        self.discovery_chap.clone()
+    }
+
+    fn send_targets(&self, initiator: &str) -> Vec<(String, Vec<String>)> {
+        let mut out: Vec<(String, Vec<String>)> = self
+            .targets
+            .values()
+            .filter(|t| t.auth.allows(initiator))
+            .map(|t| {
+                let addrs = self.portals.iter().map(|p| format!("{p},{}", self.tpgt)).collect();
+                (t.auth.name.clone(), addrs)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The project's one test command: build, lint, unit and integration tests,
+# then the external checks against the real binary (libiscsi's conformance
+# suite, qemu-img data round trips). Prints a summary with the time of each
+# step and exits non-zero if any step failed. Every step runs even when an
+# earlier one failed, except those that need the build.
+#
+#   tests/run.sh            everything (about 5-10 minutes on 2 cores, warm cache)
+#   tests/run.sh --quick    skip the external checks (conformance, qemu-img)
+#
+# Needs: the Rust toolchain (cargo, clippy, rustfmt) and the Debian packages
+# that .ci/run installs (libiscsi-bin, qemu-utils, qemu-block-extra, tgt...).
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root" || exit 2
+
+quick=0
+for a in "$@"; do
+	case $a in
+	--quick) quick=1 ;;
+	-h | --help) sed -n '2,/^set -u/{/^set -u/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+	*) echo "tests/run.sh: unknown argument $a" >&2; exit 2 ;;
+	esac
+done
+
+logdir=$(mktemp -d "${TMPDIR:-/tmp}/weft-tests.XXXXXX")
+names=() results=() times=()
+built=0
+
+# step NAME TIMEOUT_SECS CMD...: run, show output live, record result and time.
+step() {
+	local name=$1 limit=$2 t0=$SECONDS rc=0
+	shift 2
+	printf '\n===== %s: %s\n' "$name" "$*"
+	timeout -k 30 "$limit" "$@" 2>&1 | tee "$logdir/$name.log" || rc=${PIPESTATUS[0]}
+	[ "$rc" -ne 124 ] || echo "tests/run.sh: $name exceeded ${limit}s and was stopped"
+	names+=("$name")
+	results+=("$([ "$rc" -eq 0 ] && echo ok || echo "FAILED ($rc)")")
+	times+=("$((SECONDS - t0))")
+	return "$rc"
+}
+
+skip() {
+	names+=("$1")
+	results+=("skipped: $2")
+	times+=(0)
+}
+
+start=$SECONDS
+step build 1200 cargo build --release --workspace --all-targets --locked && built=1
+step fmt 120 cargo fmt --all -- --check
+step clippy 900 cargo clippy --workspace --all-targets --locked -- -D warnings
+if [ "$built" -eq 1 ]; then
+	step test 900 cargo test --workspace --release --locked
+else
+	skip test "build failed"
+fi
+if [ "$quick" -eq 1 ]; then
+	skip conformance "--quick"
+	skip qemu-img "--quick"
+elif [ "$built" -eq 1 ]; then
+	# run.sh and roundtrip.sh have their own finer timeouts; these are backstops.
+	step conformance 1200 tests/conformance/run.sh --target weft --out "$logdir/conformance"
+	step qemu-img 900 tests/qemu-img/roundtrip.sh --target weft --out "$logdir/qemu-img"
+else
+	skip conformance "build failed"
+	skip qemu-img "build failed"
+fi
+
+status=0
+printf '\n===== summary (logs in %s)\n' "$logdir"
+for i in "${!names[@]}"; do
+	printf '  %-12s %-22s %5ss\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"
+	case ${results[$i]} in FAILED*) status=1 ;; esac
+done
+printf '  %-12s %-22s %5ss\n' total "$([ "$status" -eq 0 ] && echo ok || echo FAILED)" "$((SECONDS - start))"
+exit "$status"
