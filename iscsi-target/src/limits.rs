@@ -48,3 +48,5 @@ pub const TX_QUEUE_PDUS_MAX: usize = 4096;
 pub const SESSIONS_MAX: usize = 1024;
 /// SendTargets text response bytes.
 pub const SEND_TARGETS_BYTES_MAX: usize = 64 * 1024;
+/// ITTs of ended commands whose late Data-Out is silently dropped.
+pub const DISCARDED_TASKS_MAX: usize = 1024;

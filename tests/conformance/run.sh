@@ -163,8 +163,10 @@ fi
 if [ "$target_error" -ne 0 ]; then status=$((status > 1 ? status : 1)); fi
 if [ "$status" -ne 0 ] && [ -n "$target_log" ] && [ -s "$target_log" ]; then
 	echo
-	echo "Last 40 lines of the target's log ($target_log):"
-	tail -n 40 "$target_log" | sed 's/^/    /'
+	echo "The target's log ($target_log): warnings and errors (first 30), then its last 15 lines:"
+	grep -E 'WARN|ERROR|panic' "$target_log" | head -n 30 | sed 's/^/    /' || true
+	echo "    ..."
+	tail -n 15 "$target_log" | sed 's/^/    /'
 fi
 if [ "$status" -eq 0 ]; then echo "OK: every failure is listed in ${expected#"$WEFT_ROOT"/}"; fi
 exit "$status"

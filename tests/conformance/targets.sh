@@ -80,7 +80,7 @@ weft_start() {
 	[ -x "$WEFT_GATEWAY" ] || die "$WEFT_GATEWAY does not exist: run 'cargo build --release -p iscsi-target' first"
 	WEFT_PORT=$(free_port)
 	msg "starting $WEFT_GATEWAY --portal 127.0.0.1:$WEFT_PORT $* (log: $WEFT_LOG)"
-	RUST_BACKTRACE=1 "$WEFT_GATEWAY" --portal "127.0.0.1:$WEFT_PORT" "$@" >"$WEFT_LOG" 2>&1 &
+	NO_COLOR=1 RUST_BACKTRACE=1 "$WEFT_GATEWAY" --portal "127.0.0.1:$WEFT_PORT" "$@" >"$WEFT_LOG" 2>&1 &
 	WEFT_PID=$!
 	if ! wait_listen "$WEFT_PORT" "$WEFT_PID" "$WEFT_LOG"; then
 		stop_pid "$WEFT_PID" weft-gateway || true

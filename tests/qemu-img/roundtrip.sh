@@ -112,14 +112,18 @@ fail() {
 	msg "FAIL: $1"
 }
 
-# login_check NAME EXPECT URL: iscsi-inq must succeed (EXPECT=ok) or fail (EXPECT=refused).
+# login_check NAME EXPECT URL [REASON]: iscsi-inq must succeed (EXPECT=ok),
+# or fail (EXPECT=refused) with REASON in its output.
 login_check() {
-	local name=$1 expect=$2 url=$3 rc=0
+	local name=$1 expect=$2 url=$3 reason=${4:-} rc=0 output
 	printf '+ iscsi-inq %s\n' "$url" >>"$out/chap-logins.log"
-	timeout -k 5 60 iscsi-inq -i iqn.2026-11.org.weft:iscsi-inq "$url" >>"$out/chap-logins.log" 2>&1 || rc=$?
-	if [ "$expect" = ok ] && [ "$rc" -ne 0 ]; then fail "chap: $name: login failed (status $rc, see $out/chap-logins.log)"; fi
-	if [ "$expect" = refused ] && [ "$rc" -eq 0 ]; then fail "chap: $name: login succeeded but must be refused"; fi
-	if [ "$expect" = refused ] && [ "$rc" -eq 124 ]; then fail "chap: $name: iscsi-inq hung instead of being refused"; fi
+	output=$(timeout -k 5 60 iscsi-inq -i iqn.2026-11.org.weft:iscsi-inq "$url" 2>&1) || rc=$?
+	printf '%s\n' "$output" >>"$out/chap-logins.log"
+	if [ "$expect" = ok ] && [ "$rc" -ne 0 ]; then fail "chap: $name: login failed (status $rc): $(tail -n 1 <<<"$output")"; fi
+	if [ "$expect" = refused ]; then
+		if [ "$rc" -eq 0 ]; then fail "chap: $name: login succeeded but must be refused"
+		elif ! grep -qF "$reason" <<<"$output"; then fail "chap: $name: refused, but not with '$reason': $(tail -n 1 <<<"$output")"; fi
+	fi
 	return 0
 }
 
@@ -144,11 +148,11 @@ for pass in ${passes//,/ }; do
 		start_target chap with-chap || { fail "chap: target did not start"; continue; }
 		: >"$out/chap-logins.log"
 		base=127.0.0.1:$PORT/$TIQN/$LUN
-		login_check "no credentials" refused "iscsi://$base"
-		login_check "wrong secret" refused "iscsi://$chap_user%wrong-secret-1234@$base"
+		login_check "no credentials" refused "iscsi://$base" "Authentication failure"
+		login_check "wrong secret" refused "iscsi://$chap_user%wrong-secret-1234@$base" "Authentication failure"
 		login_check "one-way" ok "iscsi://$chap_user%$chap_secret@$base"
 		login_check "mutual" ok "iscsi://$chap_user%$chap_secret@$base?target_user=$mutual_user&target_password=$mutual_secret"
-		login_check "mutual, wrong target secret" refused "iscsi://$chap_user%$chap_secret@$base?target_user=$mutual_user&target_password=not-the-target-secret"
+		login_check "mutual, wrong target secret" refused "iscsi://$chap_user%$chap_secret@$base?target_user=$mutual_user&target_password=not-the-target-secret" "Invalid CHAP_R"
 		roundtrip chap "user=$chap_user,password=$chap_secret" || true
 		stop_target || fail "chap: target did not stop cleanly"
 		;;

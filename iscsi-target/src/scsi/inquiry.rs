@@ -102,7 +102,7 @@ fn designator(out: &mut Vec<u8>, code_set: u8, association: u8, kind: u8, id: &[
 fn scsi_name(s: &str) -> Vec<u8> {
     let mut v: Vec<u8> = s.bytes().take(251).collect();
     v.push(0);
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v
@@ -118,11 +118,29 @@ fn device_identification(ctx: &Ctx, lu: &Lu) -> Vec<u8> {
     let tpg = ctx.target.alua.port_group_id(ctx.nexus);
     let mut out = Vec::new();
     designator(&mut out, BINARY, LU, 0x3, &lu.cfg.naa);
-    designator(&mut out, BINARY, PORT, 0x4, &[0, 0, (rel_port >> 8) as u8, rel_port as u8]);
-    designator(&mut out, BINARY, PORT, 0x5, &[0, 0, (tpg >> 8) as u8, tpg as u8]);
+    designator(
+        &mut out,
+        BINARY,
+        PORT,
+        0x4,
+        &[0, 0, (rel_port >> 8) as u8, rel_port as u8],
+    );
+    designator(
+        &mut out,
+        BINARY,
+        PORT,
+        0x5,
+        &[0, 0, (tpg >> 8) as u8, tpg as u8],
+    );
     let port_name = format!("{},t,0x{:04x}", ctx.target.target_name, ctx.nexus.tpgt);
     designator(&mut out, UTF8, PORT, 0x8, &scsi_name(&port_name));
-    designator(&mut out, UTF8, TARGET, 0x8, &scsi_name(&ctx.target.target_name));
+    designator(
+        &mut out,
+        UTF8,
+        TARGET,
+        0x8,
+        &scsi_name(&ctx.target.target_name),
+    );
     out
 }
 

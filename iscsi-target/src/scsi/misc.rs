@@ -47,10 +47,7 @@ pub fn encode_lun(lun: u64) -> [u8; 8] {
 pub fn report_luns(ctx: &Ctx) -> CmdResult {
     let select = ctx.cdb.u8(2);
     if ctx.cdb.be32(6) < REPORT_LUNS_ALLOC_MIN_BYTES {
-        return Err(SenseReason::InvalidFieldInCdb {
-            byte: 6,
-            bit: None,
-        });
+        return Err(SenseReason::InvalidFieldInCdb { byte: 6, bit: None });
     }
     let luns = match select {
         0x00 | 0x02 => ctx.target.luns(),

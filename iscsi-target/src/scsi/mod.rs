@@ -12,6 +12,19 @@
 //!   into its PDUs without knowing any CDB.
 //! - Task management: [`ScsiTarget::lu_reset`], [`ScsiTarget::target_reset`]
 //!   and [`ScsiTarget::nexus_gone`]; the iSCSI layer aborts the tasks itself.
+//!
+//! Layout: `table` is the command set (one entry per opcode/service action:
+//! handler, CDB usage bits, data-out, reservation class, allocation length);
+//! `target` runs the shared checks in this order — command lookup, LUN
+//! exists, CDB bits, unit attention, reservation conflict — then dispatches.
+//! Handlers live in `inquiry`, `mode`, `rw`, `provisioning`, `pr`, `alua`
+//! and `misc`; each returns `Result<Xfer, SenseReason>` and `sense` is the
+//! one table from reason to status/sense. `cdb` reads untrusted bytes
+//! without panicking; `ua` holds unit attentions per (LU, I_T nexus).
+//!
+//! Invariant: `execute` never panics and never returns more data-in than
+//! the expected length. Boundary: no I/O here except through
+//! `BlockDevice`, `PrStore` and `AluaProvider`.
 
 mod alua;
 mod cdb;

@@ -200,10 +200,11 @@ fn apply_mode_parameters(lu: &Lu, b: Buf, six: bool) -> Result<bool, SenseReason
             return Err(invalid(off)); // subpage format
         }
         let plen = usize::from(b.u8(off + 1)) + 2;
-        let new = b.get(off, plen).ok_or(SenseReason::ParameterListLengthError)?;
+        let new = b
+            .get(off, plen)
+            .ok_or(SenseReason::ParameterListLengthError)?;
         let cur = page(code, PageControl::Current, current).ok_or(invalid(off))?;
-        let changeable =
-            page(code, PageControl::Changeable, current).ok_or(invalid(off))?;
+        let changeable = page(code, PageControl::Changeable, current).ok_or(invalid(off))?;
         if cur.len() != plen {
             return Err(invalid(off + 1));
         }

@@ -377,9 +377,10 @@ pub fn persistent_reserve_in(ctx: &Ctx) -> CmdResult {
                             .map_or(0, |r| r.key)
                     };
                     put_be(&mut out, key, 8);
-                    put_be(&mut out, 0, 4);
+                    put_be(&mut out, 0, 4); // obsolete
+                    out.push(0);
                     out.push(res.kind.code()); // scope 0: LU_SCOPE
-                    out.extend_from_slice(&[0, 0, 0]);
+                    out.extend_from_slice(&[0, 0]);
                 }
             }
         }
@@ -399,9 +400,10 @@ pub fn persistent_reserve_in(ctx: &Ctx) -> CmdResult {
         _ => {
             let mut body = Vec::new();
             for r in &state.registrations {
-                let holder = state.reservation.as_ref().filter(|res| {
-                    res.kind.all_registrants() || holds(res, r)
-                });
+                let holder = state
+                    .reservation
+                    .as_ref()
+                    .filter(|res| res.kind.all_registrants() || holds(res, r));
                 put_be(&mut body, r.key, 8);
                 put_be(&mut body, 0, 4);
                 let all_tg_pt = if r.relative_port.is_none() { 0x02 } else { 0 };
@@ -425,7 +427,7 @@ pub fn persistent_reserve_in(ctx: &Ctx) -> CmdResult {
 fn transport_id(initiator_port: &str) -> Vec<u8> {
     let mut name: Vec<u8> = initiator_port.bytes().collect();
     name.push(0);
-    while name.len() % 4 != 0 || name.len() < 20 {
+    while !name.len().is_multiple_of(4) || name.len() < 20 {
         name.push(0);
     }
     let mut out = vec![0x40 | PROTOCOL_ISCSI, 0];
@@ -483,11 +485,7 @@ pub async fn persistent_reserve_out(ctx: &Ctx<'_>) -> CmdResult {
         return Err(param_invalid(20, Some(3)));
     }
     let all_tg_pt = !moving && p.bit(20, 2);
-    let aptpl = if moving {
-        p.bit(17, 0)
-    } else {
-        p.bit(20, 0)
-    };
+    let aptpl = if moving { p.bit(17, 0) } else { p.bit(20, 0) };
     let needs_type = matches!(sa, 0x01 | 0x02 | 0x04 | 0x05 | 0x07);
     let kind = if needs_type {
         if scope != 0 {
@@ -496,10 +494,12 @@ pub async fn persistent_reserve_out(ctx: &Ctx<'_>) -> CmdResult {
                 bit: Some(7),
             });
         }
-        Some(PrType::from_code(type_code).ok_or(SenseReason::InvalidFieldInCdb {
-            byte: 2,
-            bit: Some(3),
-        })?)
+        Some(
+            PrType::from_code(type_code).ok_or(SenseReason::InvalidFieldInCdb {
+                byte: 2,
+                bit: Some(3),
+            })?,
+        )
     } else {
         None
     };
@@ -624,13 +624,10 @@ pub async fn persistent_reserve_out(ctx: &Ctx<'_>) -> CmdResult {
         }
     }
     if changed {
-        ctx.target
-            .pr_store
-            .store(lu.cfg.lun, &st)
-            .map_err(|e| {
-                tracing::error!(lun = lu.cfg.lun, error = %e, "storing reservation state");
-                SenseReason::InsufficientRegistrationResources
-            })?;
+        ctx.target.pr_store.store(lu.cfg.lun, &st).map_err(|e| {
+            tracing::error!(lun = lu.cfg.lun, error = %e, "storing reservation state");
+            SenseReason::InsufficientRegistrationResources
+        })?;
     }
     Ok(Xfer::Out(list_len as u64))
 }
@@ -670,7 +667,10 @@ fn preempt(
         if res.kind.all_registrants() {
             None
         } else {
-            st.registrations.iter().find(|r| holds(res, r)).map(|r| r.key)
+            st.registrations
+                .iter()
+                .find(|r| holds(res, r))
+                .map(|r| r.key)
         }
     });
     let take_reservation = match &res {
@@ -710,9 +710,12 @@ fn preempt(
         }
     } else if let Some(r) = &st.reservation {
         // A removed holder loses the reservation too.
-        if !r.kind.all_registrants() && removed.iter().any(|x| holds(r, x)) {
-            st.reservation = None;
-        } else if r.kind.all_registrants() && st.registrations.is_empty() {
+        let holder_gone = if r.kind.all_registrants() {
+            st.registrations.is_empty()
+        } else {
+            removed.iter().any(|x| holds(r, x))
+        };
+        if holder_gone {
             st.reservation = None;
         }
     }
@@ -730,7 +733,10 @@ fn register_and_move(
     sa_key: u64,
     kind: PrType,
 ) -> Result<(), SenseReason> {
-    let res = st.reservation.clone().ok_or(SenseReason::ReservationConflict)?;
+    let res = st
+        .reservation
+        .clone()
+        .ok_or(SenseReason::ReservationConflict)?;
     if res.kind.all_registrants() || !is_holder(st, &res, me) {
         return Err(SenseReason::ReservationConflict);
     }
@@ -740,7 +746,10 @@ fn register_and_move(
     let unreg = p.bit(17, 1);
     let rel_port = p.be16(18);
     let tid_len = p.be32(20) as usize;
-    if PROUT_PARAMETER_LIST_LEN_BYTES.checked_add(tid_len).is_none_or(|end| end > list_len) {
+    if PROUT_PARAMETER_LIST_LEN_BYTES
+        .checked_add(tid_len)
+        .is_none_or(|end| end > list_len)
+    {
         return Err(SenseReason::ParameterListLengthError);
     }
     let tid = p

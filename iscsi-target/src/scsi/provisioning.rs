@@ -39,10 +39,7 @@ pub async fn unmap(ctx: &Ctx<'_>) -> CmdResult {
     let bd_len = usize::from(b.be16(2)).min(list_len - UNMAP_HEADER_LEN_BYTES);
     let count = bd_len / UNMAP_DESCRIPTOR_LEN_BYTES;
     if count > UNMAP_DESCRIPTORS_MAX as usize {
-        return Err(SenseReason::InvalidFieldInParameterList {
-            byte: 2,
-            bit: None,
-        });
+        return Err(SenseReason::InvalidFieldInParameterList { byte: 2, bit: None });
     }
     let mut ranges = Vec::with_capacity(count);
     for i in 0..count {
@@ -76,6 +73,7 @@ pub async fn write_same(ctx: &Ctx<'_>) -> CmdResult {
     let unmap = ctx.cdb.bit(1, 3);
     let ndob = ctx.spec.opcode == 0x93 && ctx.cdb.bit(1, 0);
     let len_byte = if ctx.spec.opcode == 0x93 { 10 } else { 7 };
+    check_range(lu, lba, u64::from(blocks))?;
     // WSNZ is set in VPD B0: zero blocks does not mean "to the end".
     if blocks == 0 || u64::from(blocks) > WRITE_SAME_BLOCKS_MAX {
         return Err(SenseReason::InvalidFieldInCdb {
@@ -83,7 +81,6 @@ pub async fn write_same(ctx: &Ctx<'_>) -> CmdResult {
             bit: None,
         });
     }
-    check_range(lu, lba, u64::from(blocks))?;
     let bs = dev.block_size() as usize;
     let block: Bytes = if ndob {
         Bytes::from(vec![0u8; bs])

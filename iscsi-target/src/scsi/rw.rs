@@ -209,10 +209,7 @@ pub fn pre_fetch(ctx: &Ctx) -> CmdResult {
 pub fn read_capacity10(ctx: &Ctx) -> CmdResult {
     let lu = ctx.lu()?;
     if !ctx.cdb.bit(8, 0) && ctx.cdb.be32(2) != 0 {
-        return Err(SenseReason::InvalidFieldInCdb {
-            byte: 2,
-            bit: None,
-        });
+        return Err(SenseReason::InvalidFieldInCdb { byte: 2, bit: None });
     }
     let dev = &lu.cfg.device;
     let last = dev.num_blocks().saturating_sub(1).min(u64::from(u32::MAX));

@@ -165,7 +165,9 @@ impl ScsiTarget {
     /// The LU's size changed: every nexus sees CAPACITY DATA HAS CHANGED.
     pub fn capacity_changed(&self, lun: u64) {
         if let Some(lu) = self.lus.get(&lun) {
-            lu.ua.lock().push_where(UaKind::CapacityDataChanged, |_| true);
+            lu.ua
+                .lock()
+                .push_where(UaKind::CapacityDataChanged, |_| true);
         }
     }
 

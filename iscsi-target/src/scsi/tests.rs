@@ -21,7 +21,9 @@ fn lu(lun: u64, size: u64, bs: u32) -> LuConfig {
         lun,
         device: Arc::new(RamDevice::new(size, bs)),
         serial: format!("SER{lun}"),
-        naa: [0x60, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, lun as u8],
+        naa: [
+            0x60, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, lun as u8,
+        ],
         vendor: "WEFT".into(),
         product: "VIRTUAL DISK".into(),
         revision: "0001".into(),
@@ -31,7 +33,7 @@ fn lu(lun: u64, size: u64, bs: u32) -> LuConfig {
 fn target() -> ScsiTarget {
     ScsiTarget::new(ScsiTargetConfig::standalone(
         "iqn.2024-01.test:target",
-        vec![lu(0, LU0_BLOCKS * 512, 512), lu(1, 1 << 20, 4096)],
+        vec![lu(0, LU0_BLOCKS * 512, 512), lu(1, 64 << 20, 4096)],
     ))
 }
 
@@ -98,9 +100,6 @@ impl Case {
     fn out(mut self, d: Vec<u8>) -> Self {
         self.data_out = d;
         self
-    }
-    fn out_hex(self, s: &str) -> Self {
-        self.out(hex(s))
     }
     fn who(mut self, who: usize) -> Self {
         self.who = who;
@@ -235,7 +234,7 @@ fn core_commands() {
         c("VPD 00", "12 01 00 00 ff 00", GOOD).data("00 00 00 07 00 80 83 86 b0 b1 b2"),
         c("VPD 80", "12 01 80 00 ff 00", GOOD).data("00 80 00 04 53 45 52 30"),
         c("VPD 83", "12 01 83 00 ff 00", GOOD)
-            .data("00 83 00 4c 01 03 00 10 60 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 00 51 94 00 04 00 00 00 01 51 95 00 04 00 00 00 01 53 98"),
+            .data("00 83 00 68 01 03 00 10 60 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 00 51 94 00 04 00 00 00 01 51 95 00 04 00 00 00 01 53 98"),
         c("VPD 86", "12 01 86 00 ff 00", GOOD).data("00 86 00 3c 00 07"),
         c("VPD b0", "12 01 b0 00 ff 00", GOOD)
             .data("00 b0 00 3c 01 01 00 01 00 00 40 00 00 00 08 00 00 00 00 00 00 40 00 00 00 00 01 00"),
@@ -250,7 +249,7 @@ fn core_commands() {
         c("REPORT LUNS alloc 8", "a0 00 00 00 00 00 00 00 00 08 00 00", INVALID_CDB),
         c("READ CAPACITY(10)", "25 00 00 00 00 00 00 00 00 00", GOOD).data("00 00 07 ff 00 00 02 00"),
         c("READ CAPACITY(10) LBA without PMI", "25 00 00 00 00 01 00 00 00 00", INVALID_CDB),
-        c("READ CAPACITY(10) 4k LU", "25 00 00 00 00 00 00 00 00 00", GOOD).lun(1).data("00 00 00 ff 00 00 10 00"),
+        c("READ CAPACITY(10) 4k LU", "25 00 00 00 00 00 00 00 00 00", GOOD).lun(1).data("00 00 3f ff 00 00 10 00"),
         c("READ CAPACITY(16)", "9e 10 00 00 00 00 00 00 00 00 00 00 00 20 00 00", GOOD)
             .data("00 00 00 00 00 00 07 ff 00 00 02 00 00 00 c0 00")
             .residual(Residual::Underflow(4096 - 32)),
@@ -275,47 +274,176 @@ fn core_commands() {
 fn reads_and_writes() {
     run(&[
         c("WRITE(10)", "2a 00 00 00 00 01 00 00 01 00", GOOD).out(fill(0xaa, 512)),
-        c("READ(10)", "28 00 00 00 00 01 00 00 01 00", GOOD).edtl(512).data("aa aa aa").residual(Residual::None),
+        c("READ(10)", "28 00 00 00 00 01 00 00 01 00", GOOD)
+            .edtl(512)
+            .data("aa aa aa")
+            .residual(Residual::None),
         c("WRITE(6)", "0a 00 00 02 01 00", GOOD).out(fill(0xb6, 512)),
-        c("READ(6)", "08 00 00 02 01 00", GOOD).edtl(512).data("b6 b6"),
-        c("READ(6) 0 means 256", "08 00 00 00 00 00", GOOD).edtl(256 * 512).residual(Residual::None),
+        c("READ(6)", "08 00 00 02 01 00", GOOD)
+            .edtl(512)
+            .data("b6 b6"),
+        c("READ(6) 0 means 256", "08 00 00 00 00 00", GOOD)
+            .edtl(256 * 512)
+            .residual(Residual::None),
         c("WRITE(12) FUA", "aa 08 00 00 00 03 00 00 00 01 00 00", GOOD).out(fill(0xc1, 512)),
         c("READ(12)", "a8 00 00 00 00 03 00 00 00 01 00 00", GOOD).data("c1"),
-        c("WRITE(16) DPO FUA", "8a 18 00 00 00 00 00 00 00 04 00 00 00 01 00 00", GOOD).out(fill(0xd6, 512)),
-        c("READ(16)", "88 00 00 00 00 00 00 00 00 04 00 00 00 01 00 00", GOOD).data("d6"),
-        c("READ(10) 0 blocks", "28 00 00 00 00 00 00 00 00 00", GOOD).edtl(0).residual(Residual::None),
-        c("READ(10) 0 blocks past end", "28 00 00 00 08 01 00 00 00 00", OUT_OF_RANGE),
-        c("READ(10) past end", "28 00 00 00 07 ff 00 00 02 00", OUT_OF_RANGE),
-        c("READ(16) LBA -1", "88 00 ff ff ff ff ff ff ff ff 00 00 00 01 00 00", OUT_OF_RANGE),
-        c("READ(10) RDPROTECT", "28 20 00 00 00 00 00 00 01 00", INVALID_CDB).sense("70 00 05 00 00 00 00 0a 00 00 00 00 24 00 00 cd 00 01"),
-        c("READ(10) too long", "28 00 00 00 00 00 00 ff ff 00", OUT_OF_RANGE),
-        c("READ(16) beyond max transfer", "88 00 00 00 00 00 00 00 00 00 00 00 07 ff 00 00", INVALID_CDB).lun(1).edtl(0),
-        c("READ(10) EDTL 200", "28 00 00 00 00 01 00 00 01 00", GOOD).edtl(200).residual(Residual::Overflow(312)),
-        c("READ(10) EDTL 10000", "28 00 00 00 00 01 00 00 01 00", GOOD).edtl(10000).residual(Residual::Underflow(10000 - 512)),
-        c("READ(10) EDTL 0", "28 00 00 00 00 01 00 00 01 00", GOOD).edtl(0).residual(Residual::Overflow(512)),
-        c("WRITE(10) 2 blocks of a", "2a 00 00 00 00 10 00 00 02 00", GOOD).out(fill(b'a', 1024)),
-        c("WRITE(10) 2 blocks EDTL 1 block", "2a 00 00 00 00 10 00 00 02 00", GOOD)
-            .out(fill(b'b', 512)).residual(Residual::Overflow(512)),
-        c("READ back", "28 00 00 00 00 10 00 00 02 00", GOOD).edtl(1024).data("62 62"),
-        c("second block untouched", "28 00 00 00 00 11 00 00 01 00", GOOD).edtl(512).data("61 61"),
-        c("WRITE(10) 1 block EDTL 2", "2a 00 00 00 00 11 00 00 01 00", GOOD)
-            .out(fill(b'c', 1024)).residual(Residual::Underflow(512)),
-        c("WRITE(10) EDTL 0", "2a 00 00 00 00 11 00 00 01 00", GOOD).edtl(0).residual(Residual::Overflow(512)),
+        c(
+            "WRITE(16) DPO FUA",
+            "8a 18 00 00 00 00 00 00 00 04 00 00 00 01 00 00",
+            GOOD,
+        )
+        .out(fill(0xd6, 512)),
+        c(
+            "READ(16)",
+            "88 00 00 00 00 00 00 00 00 04 00 00 00 01 00 00",
+            GOOD,
+        )
+        .data("d6"),
+        c("READ(10) 0 blocks", "28 00 00 00 00 00 00 00 00 00", GOOD)
+            .edtl(0)
+            .residual(Residual::None),
+        c(
+            "READ(10) 0 blocks past end",
+            "28 00 00 00 08 01 00 00 00 00",
+            OUT_OF_RANGE,
+        ),
+        c(
+            "READ(10) past end",
+            "28 00 00 00 07 ff 00 00 02 00",
+            OUT_OF_RANGE,
+        ),
+        c(
+            "READ(16) LBA -1",
+            "88 00 ff ff ff ff ff ff ff ff 00 00 00 01 00 00",
+            OUT_OF_RANGE,
+        ),
+        c(
+            "READ(10) RDPROTECT",
+            "28 20 00 00 00 00 00 00 01 00",
+            INVALID_CDB,
+        )
+        .sense("70 00 05 00 00 00 00 0a 00 00 00 00 24 00 00 cd 00 01"),
+        c(
+            "READ(10) too long",
+            "28 00 00 00 00 00 00 ff ff 00",
+            OUT_OF_RANGE,
+        ),
+        c(
+            "READ(16) beyond max transfer",
+            "88 00 00 00 00 00 00 00 00 00 00 00 08 01 00 00",
+            INVALID_CDB,
+        )
+        .lun(1)
+        .edtl(0),
+        c("READ(10) EDTL 200", "28 00 00 00 00 01 00 00 01 00", GOOD)
+            .edtl(200)
+            .residual(Residual::Overflow(312)),
+        c("READ(10) EDTL 10000", "28 00 00 00 00 01 00 00 01 00", GOOD)
+            .edtl(10000)
+            .residual(Residual::Underflow(10000 - 512)),
+        c("READ(10) EDTL 0", "28 00 00 00 00 01 00 00 01 00", GOOD)
+            .edtl(0)
+            .residual(Residual::Overflow(512)),
+        c(
+            "WRITE(10) 2 blocks of a",
+            "2a 00 00 00 00 10 00 00 02 00",
+            GOOD,
+        )
+        .out(fill(b'a', 1024)),
+        c(
+            "WRITE(10) 2 blocks EDTL 1 block",
+            "2a 00 00 00 00 10 00 00 02 00",
+            GOOD,
+        )
+        .out(fill(b'b', 512))
+        .residual(Residual::Overflow(512)),
+        c("READ back", "28 00 00 00 00 10 00 00 02 00", GOOD)
+            .edtl(1024)
+            .data("62 62"),
+        c(
+            "second block untouched",
+            "28 00 00 00 00 11 00 00 01 00",
+            GOOD,
+        )
+        .edtl(512)
+        .data("61 61"),
+        c(
+            "WRITE(10) 1 block EDTL 2",
+            "2a 00 00 00 00 11 00 00 01 00",
+            GOOD,
+        )
+        .out(fill(b'c', 1024))
+        .residual(Residual::Underflow(512)),
+        c("WRITE(10) EDTL 0", "2a 00 00 00 00 11 00 00 01 00", GOOD)
+            .edtl(0)
+            .residual(Residual::Overflow(512)),
         c("READ back 2", "28 00 00 00 00 11 00 00 01 00", GOOD).data("63 63"),
-        c("WRITE(10) past end", "2a 00 00 00 07 ff 00 00 02 00", OUT_OF_RANGE).out(fill(0, 1024)),
-        c("WRITE(10) WRPROTECT", "2a 20 00 00 00 00 00 00 01 00", INVALID_CDB).out(fill(0, 512)),
-        c("WRITE AND VERIFY(10)", "2e 02 00 00 00 20 00 00 01 00", GOOD).out(fill(0x77, 512)),
-        c("WRITE AND VERIFY(16)", "8e 00 00 00 00 00 00 00 00 21 00 00 00 01 00 00", GOOD).out(fill(0x78, 512)),
-        c("WRITE AND VERIFY(12)", "ae 00 00 00 00 22 00 00 00 01 00 00", GOOD).out(fill(0x79, 512)),
+        c(
+            "WRITE(10) past end",
+            "2a 00 00 00 07 ff 00 00 02 00",
+            OUT_OF_RANGE,
+        )
+        .out(fill(0, 1024)),
+        c(
+            "WRITE(10) WRPROTECT",
+            "2a 20 00 00 00 00 00 00 01 00",
+            INVALID_CDB,
+        )
+        .out(fill(0, 512)),
+        c(
+            "WRITE AND VERIFY(10)",
+            "2e 02 00 00 00 20 00 00 01 00",
+            GOOD,
+        )
+        .out(fill(0x77, 512)),
+        c(
+            "WRITE AND VERIFY(16)",
+            "8e 00 00 00 00 00 00 00 00 21 00 00 00 01 00 00",
+            GOOD,
+        )
+        .out(fill(0x78, 512)),
+        c(
+            "WRITE AND VERIFY(12)",
+            "ae 00 00 00 00 22 00 00 00 01 00 00",
+            GOOD,
+        )
+        .out(fill(0x79, 512)),
         c("VERIFY(10) BYTCHK 0", "2f 00 00 00 00 20 00 00 01 00", GOOD).edtl(0),
         c("VERIFY(10) match", "2f 02 00 00 00 20 00 00 01 00", GOOD).out(fill(0x77, 512)),
-        c("VERIFY(16) match", "8f 02 00 00 00 00 00 00 00 21 00 00 00 01 00 00", GOOD).out(fill(0x78, 512)),
-        c("VERIFY(12) mismatch", "af 02 00 00 00 22 00 00 00 01 00 00", MISCOMPARE)
-            .out({ let mut v = fill(0x79, 512); v[100] = 0; v })
-            .sense("f0 00 0e 00 00 00 64"),
-        c("VERIFY(10) BYTCHK 11", "2f 06 00 00 00 20 00 00 01 00", GOOD).out(fill(0x77, 512)),
-        c("VERIFY(10) BYTCHK 10", "2f 04 00 00 00 20 00 00 01 00", INVALID_CDB).out(fill(0x77, 512)),
-        c("VERIFY(10) past end", "2f 00 00 00 08 00 00 00 01 00", OUT_OF_RANGE),
+        c(
+            "VERIFY(16) match",
+            "8f 02 00 00 00 00 00 00 00 21 00 00 00 01 00 00",
+            GOOD,
+        )
+        .out(fill(0x78, 512)),
+        c(
+            "VERIFY(12) mismatch",
+            "af 02 00 00 00 22 00 00 00 01 00 00",
+            MISCOMPARE,
+        )
+        .out({
+            let mut v = fill(0x79, 512);
+            v[100] = 0;
+            v
+        })
+        .sense("f0 00 0e 00 00 00 64"),
+        c(
+            "VERIFY(10) BYTCHK 11",
+            "2f 06 00 00 00 20 00 00 01 00",
+            GOOD,
+        )
+        .out(fill(0x77, 512)),
+        c(
+            "VERIFY(10) BYTCHK 10",
+            "2f 04 00 00 00 20 00 00 01 00",
+            INVALID_CDB,
+        )
+        .out(fill(0x77, 512)),
+        c(
+            "VERIFY(10) past end",
+            "2f 00 00 00 08 00 00 00 01 00",
+            OUT_OF_RANGE,
+        ),
     ]);
 }
 
@@ -332,30 +460,72 @@ fn mode_select_caching(wce: bool, six: bool) -> Vec<u8> {
 #[test]
 fn mode_pages() {
     run(&[
-        c("MODE SENSE(6) all", "1a 00 3f 00 ff 00", GOOD).data("37 00 10 08 00 00 08 00 00 00 02 00 08 12 04"),
+        c("MODE SENSE(6) all", "1a 00 3f 00 ff 00", GOOD)
+            .data("37 00 10 08 00 00 08 00 00 00 02 00 08 12 04"),
         c("MODE SENSE(6) caching DBD", "1a 08 08 00 ff 00", GOOD).data("17 00 10 00 08 12 04"),
         c("MODE SENSE(6) changeable", "1a 08 48 00 ff 00", GOOD).data("17 00 10 00 08 12 04 00"),
         c("MODE SENSE(6) control", "1a 08 0a 00 ff 00", GOOD).data("0f 00 10 00 0a 0a 00 10"),
         c("MODE SENSE(6) IE", "1a 08 1c 00 ff 00", GOOD).data("0f 00 10 00 1c 0a"),
         c("MODE SENSE(6) all subpages", "1a 08 3f ff ff 00", GOOD).data("2f 00 10 00"),
-        c("MODE SENSE(6) saved", "1a 00 ff 00 ff 00", Want::Sense(5, 0x39, 0)),
-        c("MODE SENSE(6) unknown page", "1a 00 01 00 ff 00", INVALID_CDB),
-        c("MODE SENSE(10) LLBAA", "5a 10 08 00 00 00 00 00 ff 00", GOOD)
-            .data("00 26 00 10 01 00 00 10 00 00 00 00 00 00 08 00 00 00 00 00 00 00 02 00 08 12"),
-        c("MODE SELECT(6) WCE off", "15 10 00 00 18 00", GOOD).out(mode_select_caching(false, true)),
+        c(
+            "MODE SENSE(6) saved",
+            "1a 00 ff 00 ff 00",
+            Want::Sense(5, 0x39, 0),
+        ),
+        c(
+            "MODE SENSE(6) unknown page",
+            "1a 00 01 00 ff 00",
+            INVALID_CDB,
+        ),
+        c(
+            "MODE SENSE(10) LLBAA",
+            "5a 10 08 00 00 00 00 00 ff 00",
+            GOOD,
+        )
+        .data("00 2a 00 10 01 00 00 10 00 00 00 00 00 00 08 00 00 00 00 00 00 00 02 00 08 12"),
+        c("nexus 1 exists", "00 00 00 00 00 00", GOOD).who(1),
+        c("MODE SELECT(6) WCE off", "15 10 00 00 18 00", GOOD)
+            .out(mode_select_caching(false, true)),
         c("MODE SENSE shows WCE off", "1a 08 08 00 ff 00", GOOD).data("17 00 10 00 08 12 00"),
-        c("other nexus sees mode change", "00 00 00 00 00 00", Want::Sense(6, 0x2a, 0x01)).who(1),
+        c(
+            "other nexus sees mode change",
+            "00 00 00 00 00 00",
+            Want::Sense(6, 0x2a, 0x01),
+        )
+        .who(1),
         c("once", "00 00 00 00 00 00", GOOD).who(1),
         c("changer does not", "00 00 00 00 00 00", GOOD),
-        c("MODE SELECT(10) WCE on", "55 10 00 00 00 00 00 00 1c 00", GOOD).out(mode_select_caching(true, false)),
-        c("MODE SENSE(10) WCE on", "5a 08 08 00 00 00 00 00 ff 00", GOOD).data("00 1a 00 10 00 00 00 00 08 12 04"),
-        c("MODE SELECT non-changeable", "15 10 00 00 18 00", INVALID_PARAM)
-            .out({ let mut v = mode_select_caching(true, true); v[6] = 0x01; v })
-            .sense("70 00 05 00 00 00 00 0a 00 00 00 00 26 00 00 80 00 06"),
+        c(
+            "MODE SELECT(10) WCE on",
+            "55 10 00 00 00 00 00 00 1c 00",
+            GOOD,
+        )
+        .out(mode_select_caching(true, false)),
+        c(
+            "MODE SENSE(10) WCE on",
+            "5a 08 08 00 00 00 00 00 ff 00",
+            GOOD,
+        )
+        .data("00 1a 00 10 00 00 00 00 08 12 04"),
+        c(
+            "MODE SELECT non-changeable",
+            "15 10 00 00 18 00",
+            INVALID_PARAM,
+        )
+        .out({
+            let mut v = mode_select_caching(true, true);
+            v[6] = 0x01;
+            v
+        })
+        .sense("70 00 05 00 00 00 00 0a 00 00 00 00 26 00 00 80 00 06"),
         c("MODE SELECT SP", "15 11 00 00 18 00", INVALID_CDB).out(mode_select_caching(true, true)),
         c("MODE SELECT short list", "15 10 00 00 18 00", PARAM_LEN).out(fill(0, 8)),
-        c("MODE SELECT bad block descriptor", "15 10 00 00 0c 00", INVALID_PARAM)
-            .out(hex("00 00 00 08 00 00 00 00 00 00 10 00")),
+        c(
+            "MODE SELECT bad block descriptor",
+            "15 10 00 00 0c 00",
+            INVALID_PARAM,
+        )
+        .out(hex("00 00 00 08 00 00 00 00 00 00 10 00")),
         c("MODE SELECT zero length", "15 10 00 00 00 00", GOOD),
     ]);
 }
@@ -377,45 +547,136 @@ fn unmap_list(descs: &[(u64, u32)]) -> Vec<u8> {
 fn provisioning_and_atomics() {
     run(&[
         c("WRITE", "2a 00 00 00 00 00 00 00 80 00", GOOD).out(fill(0x5a, 128 * 512)),
-        c("GET LBA STATUS mapped", "9e 12 00 00 00 00 00 00 00 00 00 00 00 20 00 00", GOOD)
-            .data("00 00 00 14 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 80 00"),
+        c(
+            "GET LBA STATUS mapped",
+            "9e 12 00 00 00 00 00 00 00 00 00 00 00 20 00 00",
+            GOOD,
+        )
+        .data("00 00 00 14 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 80 00"),
         c("UNMAP", "42 00 00 00 00 00 00 00 18 00", GOOD).out(unmap_list(&[(0, 128)])),
         c("reads zeroes", "28 00 00 00 00 05 00 00 01 00", GOOD).data("00 00 00 00"),
-        c("GET LBA STATUS deallocated", "9e 12 00 00 00 00 00 00 00 00 00 00 00 20 00 00", GOOD)
-            .data("00 00 00 14 00 00 00 00 00 00 00 00 00 00 08 00 01"),
-        c("GET LBA STATUS past end", "9e 12 00 00 00 00 00 00 08 00 00 00 00 20 00 00", OUT_OF_RANGE),
+        c(
+            "GET LBA STATUS deallocated",
+            "9e 12 00 00 00 00 00 00 00 00 00 00 00 20 00 00",
+            GOOD,
+        )
+        .data("00 00 00 14 00 00 00 00 00 00 00 00 00 00 00 00 00 00 08 00 01"),
+        c(
+            "GET LBA STATUS past end",
+            "9e 12 00 00 00 00 00 00 08 00 00 00 00 20 00 00",
+            OUT_OF_RANGE,
+        ),
         c("UNMAP empty", "42 00 00 00 00 00 00 00 00 00", GOOD),
-        c("UNMAP short list", "42 00 00 00 00 00 00 00 04 00", PARAM_LEN).out(fill(0, 4)),
-        c("UNMAP past end", "42 00 00 00 00 00 00 00 18 00", OUT_OF_RANGE).out(unmap_list(&[(2047, 2)])),
-        c("UNMAP too many blocks", "42 00 00 00 00 00 00 00 18 00", INVALID_PARAM)
-            .out(unmap_list(&[(0, u32::MAX)])),
+        c(
+            "UNMAP short list",
+            "42 00 00 00 00 00 00 00 04 00",
+            PARAM_LEN,
+        )
+        .out(fill(0, 4)),
+        c(
+            "UNMAP past end",
+            "42 00 00 00 00 00 00 00 18 00",
+            OUT_OF_RANGE,
+        )
+        .out(unmap_list(&[(2047, 2)])),
+        c(
+            "UNMAP too many blocks",
+            "42 00 00 00 00 00 00 00 18 00",
+            INVALID_PARAM,
+        )
+        .out(unmap_list(&[(0, u32::MAX)])),
         c("UNMAP ANCHOR", "42 01 00 00 00 00 00 00 18 00", INVALID_CDB).out(unmap_list(&[(0, 1)])),
-        c("WRITE SAME(10)", "41 00 00 00 00 10 00 00 04 00", GOOD).out(fill(0xcc, 512)).residual(Residual::None),
+        c("WRITE SAME(10)", "41 00 00 00 00 10 00 00 04 00", GOOD)
+            .out(fill(0xcc, 512))
+            .residual(Residual::None),
         c("filled", "28 00 00 00 00 13 00 00 01 00", GOOD).data("cc cc"),
-        c("WRITE SAME(10) UNMAP", "41 08 00 00 00 10 00 00 04 00", GOOD).out(fill(0, 512)),
+        c(
+            "WRITE SAME(10) UNMAP",
+            "41 08 00 00 00 10 00 00 04 00",
+            GOOD,
+        )
+        .out(fill(0, 512)),
         c("unmapped", "28 00 00 00 00 13 00 00 01 00", GOOD).data("00 00"),
-        c("WRITE SAME(10) LBDATA", "41 02 00 00 00 10 00 00 04 00", INVALID_CDB).out(fill(0, 512)),
-        c("WRITE SAME(10) PBDATA", "41 04 00 00 00 10 00 00 04 00", INVALID_CDB).out(fill(0, 512)),
-        c("WRITE SAME(10) 0 blocks", "41 00 00 00 00 10 00 00 00 00", INVALID_CDB).out(fill(0, 512)),
-        c("WRITE SAME(10) past end", "41 00 00 00 07 ff 00 00 02 00", OUT_OF_RANGE).out(fill(0, 512)),
-        c("WRITE SAME(16)", "93 00 00 00 00 00 00 00 00 30 00 00 00 02 00 00", GOOD).out(fill(0xee, 512)),
-        c("WRITE SAME(16) NDOB UNMAP", "93 09 00 00 00 00 00 00 00 30 00 00 00 01 00 00", GOOD).edtl(0),
-        c("NDOB zeroed", "28 00 00 00 00 30 00 00 02 00", GOOD).edtl(1024).data("00 00"),
+        c(
+            "WRITE SAME(10) LBDATA",
+            "41 02 00 00 00 10 00 00 04 00",
+            INVALID_CDB,
+        )
+        .out(fill(0, 512)),
+        c(
+            "WRITE SAME(10) PBDATA",
+            "41 04 00 00 00 10 00 00 04 00",
+            INVALID_CDB,
+        )
+        .out(fill(0, 512)),
+        c(
+            "WRITE SAME(10) 0 blocks",
+            "41 00 00 00 00 10 00 00 00 00",
+            INVALID_CDB,
+        )
+        .out(fill(0, 512)),
+        c(
+            "WRITE SAME(10) 0 blocks past end",
+            "41 00 00 00 08 01 00 00 00 00",
+            OUT_OF_RANGE,
+        )
+        .out(fill(0, 512)),
+        c(
+            "WRITE SAME(10) past end",
+            "41 00 00 00 07 ff 00 00 02 00",
+            OUT_OF_RANGE,
+        )
+        .out(fill(0, 512)),
+        c(
+            "WRITE SAME(16)",
+            "93 00 00 00 00 00 00 00 00 30 00 00 00 02 00 00",
+            GOOD,
+        )
+        .out(fill(0xee, 512)),
+        c(
+            "WRITE SAME(16) NDOB UNMAP",
+            "93 09 00 00 00 00 00 00 00 30 00 00 00 01 00 00",
+            GOOD,
+        )
+        .edtl(0),
+        c("NDOB zeroed", "28 00 00 00 00 30 00 00 02 00", GOOD)
+            .edtl(1024)
+            .data("00 00"),
         c("still ee", "28 00 00 00 00 31 00 00 01 00", GOOD).data("ee ee"),
         c("seed CAW block", "2a 00 00 00 00 40 00 00 01 00", GOOD).out(fill(0x11, 512)),
-        c("COMPARE AND WRITE", "89 00 00 00 00 00 00 00 00 40 00 00 00 01 00 00", GOOD)
-            .out([fill(0x11, 512), fill(0x22, 512)].concat()),
+        c(
+            "COMPARE AND WRITE",
+            "89 00 00 00 00 00 00 00 00 40 00 00 00 01 00 00",
+            GOOD,
+        )
+        .out([fill(0x11, 512), fill(0x22, 512)].concat()),
         c("written", "28 00 00 00 00 40 00 00 01 00", GOOD).data("22 22"),
-        c("COMPARE AND WRITE miscompare", "89 00 00 00 00 00 00 00 00 40 00 00 00 01 00 00", MISCOMPARE)
-            .out([fill(0x22, 7), fill(0x11, 505), fill(0x33, 512)].concat())
-            .sense("f0 00 0e 00 00 00 07"),
+        c(
+            "COMPARE AND WRITE miscompare",
+            "89 00 00 00 00 00 00 00 00 40 00 00 00 01 00 00",
+            MISCOMPARE,
+        )
+        .out([fill(0x22, 7), fill(0x11, 505), fill(0x33, 512)].concat())
+        .sense("f0 00 0e 00 00 00 07"),
         c("untouched", "28 00 00 00 00 40 00 00 01 00", GOOD).data("22 22"),
-        c("COMPARE AND WRITE 2 blocks", "89 00 00 00 00 00 00 00 00 40 00 00 00 02 00 00", INVALID_CDB)
-            .out(fill(0, 2048)),
-        c("COMPARE AND WRITE EDTL mismatch", "89 00 00 00 00 00 00 00 00 40 00 00 00 01 00 00", INVALID_CDB)
-            .out(fill(0, 2048)),
-        c("COMPARE AND WRITE past end", "89 00 00 00 00 00 00 00 08 00 00 00 00 01 00 00", OUT_OF_RANGE)
-            .out(fill(0, 1024)),
+        c(
+            "COMPARE AND WRITE 2 blocks",
+            "89 00 00 00 00 00 00 00 00 40 00 00 00 02 00 00",
+            INVALID_CDB,
+        )
+        .out(fill(0, 2048)),
+        c(
+            "COMPARE AND WRITE EDTL mismatch",
+            "89 00 00 00 00 00 00 00 00 40 00 00 00 01 00 00",
+            INVALID_CDB,
+        )
+        .out(fill(0, 2048)),
+        c(
+            "COMPARE AND WRITE past end",
+            "89 00 00 00 00 00 00 00 08 00 00 00 00 01 00 00",
+            OUT_OF_RANGE,
+        )
+        .out(fill(0, 1024)),
     ]);
 }
 
@@ -424,68 +685,214 @@ fn persistent_reservations() {
     let reg = |k| pr_params(0, k, 0);
     run(&[
         c("REGISTER", "5f 00 00 00 00 00 00 00 18 00", GOOD).out(reg(0x1111)),
-        c("REGISTER again needs key", "5f 00 00 00 00 00 00 00 18 00", CONFLICT).out(reg(0x1111)),
-        c("REGISTER bad length", "5f 00 00 00 00 00 00 00 10 00", PARAM_LEN).out(fill(0, 16)),
-        c("REGISTER SPEC_I_PT", "5f 00 00 00 00 00 00 00 18 00", INVALID_PARAM).out(pr_params(0, 5, 0x08)),
+        c(
+            "REGISTER again needs key",
+            "5f 00 00 00 00 00 00 00 18 00",
+            CONFLICT,
+        )
+        .out(reg(0x1111)),
+        c(
+            "REGISTER bad length",
+            "5f 00 00 00 00 00 00 00 10 00",
+            PARAM_LEN,
+        )
+        .out(fill(0, 16)),
+        c(
+            "REGISTER SPEC_I_PT",
+            "5f 00 00 00 00 00 00 00 18 00",
+            INVALID_PARAM,
+        )
+        .out(pr_params(0, 5, 0x08)),
         c("READ KEYS", "5e 00 00 00 00 00 00 10 00 00", GOOD)
             .data("00 00 00 01 00 00 00 08 00 00 00 00 00 00 11 11"),
         c("REPORT CAPABILITIES", "5e 02 00 00 00 00 00 00 08 00", GOOD).data("00 08 15 80 ea 01"),
-        c("RESERVE unregistered", "5f 01 01 00 00 00 00 00 18 00", CONFLICT).who(1).out(pr_params(0, 0, 0)),
-        c("RESERVE bad type", "5f 01 02 00 00 00 00 00 18 00", INVALID_CDB).out(pr_params(0x1111, 0, 0)),
+        c(
+            "RESERVE unregistered",
+            "5f 01 01 00 00 00 00 00 18 00",
+            CONFLICT,
+        )
+        .who(1)
+        .out(pr_params(0, 0, 0)),
+        c(
+            "RESERVE bad type",
+            "5f 01 02 00 00 00 00 00 18 00",
+            INVALID_CDB,
+        )
+        .out(pr_params(0x1111, 0, 0)),
         c("RESERVE WE", "5f 01 01 00 00 00 00 00 18 00", GOOD).out(pr_params(0x1111, 0, 0)),
-        c("RESERVE again same type", "5f 01 01 00 00 00 00 00 18 00", GOOD).out(pr_params(0x1111, 0, 0)),
+        c(
+            "RESERVE again same type",
+            "5f 01 01 00 00 00 00 00 18 00",
+            GOOD,
+        )
+        .out(pr_params(0x1111, 0, 0)),
         c("READ RESERVATION", "5e 01 00 00 00 00 00 00 20 00", GOOD)
             .data("00 00 00 01 00 00 00 10 00 00 00 00 00 00 11 11 00 00 00 00 00 01"),
-        c("other may read under WE", "28 00 00 00 00 00 00 00 01 00", GOOD).who(1),
-        c("other may not write", "2a 00 00 00 00 00 00 00 01 00", CONFLICT).who(1).out(fill(0, 512)),
+        c(
+            "other may read under WE",
+            "28 00 00 00 00 00 00 00 01 00",
+            GOOD,
+        )
+        .who(1),
+        c(
+            "other may not write",
+            "2a 00 00 00 00 00 00 00 01 00",
+            CONFLICT,
+        )
+        .who(1)
+        .out(fill(0, 512)),
         c("other INQUIRY", "12 00 00 00 60 00", GOOD).who(1),
         c("holder writes", "2a 00 00 00 00 00 00 00 01 00", GOOD).out(fill(0, 512)),
-        c("other registers", "5f 00 00 00 00 00 00 00 18 00", GOOD).who(1).out(reg(0x2222)),
-        c("registered non-holder still conflicts under WE", "2a 00 00 00 00 00 00 00 01 00", CONFLICT)
-            .who(1).out(fill(0, 512)),
-        c("RELEASE wrong type", "5f 02 03 00 00 00 00 00 18 00", Want::Sense(5, 0x26, 0x04)).out(pr_params(0x1111, 0, 0)),
-        c("READ FULL STATUS", "5e 03 00 00 00 00 00 04 00 00", GOOD).data("00 00 00 02 00 00 00 ".trim_end()),
-        c("PREEMPT holder", "5f 04 01 00 00 00 00 00 18 00", GOOD).who(1).out(pr_params(0x2222, 0x1111, 0)),
-        c("preempted nexus told", "00 00 00 00 00 00", Want::Sense(6, 0x2a, 0x05)),
-        c("preempted cannot write", "2a 00 00 00 00 00 00 00 01 00", CONFLICT).out(fill(0, 512)),
-        c("READ KEYS after preempt", "5e 00 00 00 00 00 00 10 00 00", GOOD)
-            .data("00 00 00 03 00 00 00 08 00 00 00 00 00 00 22 22"),
-        c("new holder writes", "2a 00 00 00 00 00 00 00 01 00", GOOD).who(1).out(fill(0, 512)),
-        c("unregistered PREEMPT", "5f 04 01 00 00 00 00 00 18 00", CONFLICT).out(pr_params(0x1111, 0x2222, 0)),
-        c("REGISTER 3", "5f 00 00 00 00 00 00 00 18 00", GOOD).who(2).out(reg(0x3333)),
-        c("RELEASE by holder", "5f 02 01 00 00 00 00 00 18 00", GOOD).who(1).out(pr_params(0x2222, 0, 0)),
-        c("RESERVE EA-RO", "5f 01 06 00 00 00 00 00 18 00", GOOD).who(1).out(pr_params(0x2222, 0, 0)),
-        c("registrant reads under EA-RO", "28 00 00 00 00 00 00 00 01 00", GOOD).who(2),
-        c("unregistered read conflicts under EA-RO", "28 00 00 00 00 00 00 00 01 00", CONFLICT),
+        c("other registers", "5f 00 00 00 00 00 00 00 18 00", GOOD)
+            .who(1)
+            .out(reg(0x2222)),
+        c(
+            "registered non-holder still conflicts under WE",
+            "2a 00 00 00 00 00 00 00 01 00",
+            CONFLICT,
+        )
+        .who(1)
+        .out(fill(0, 512)),
+        c(
+            "RELEASE wrong type",
+            "5f 02 03 00 00 00 00 00 18 00",
+            Want::Sense(5, 0x26, 0x04),
+        )
+        .out(pr_params(0x1111, 0, 0)),
+        c("READ FULL STATUS", "5e 03 00 00 00 00 00 04 00 00", GOOD)
+            .data("00 00 00 02 00 00 00 ".trim_end()),
+        c("PREEMPT holder", "5f 04 01 00 00 00 00 00 18 00", GOOD)
+            .who(1)
+            .out(pr_params(0x2222, 0x1111, 0)),
+        c(
+            "preempted nexus told",
+            "00 00 00 00 00 00",
+            Want::Sense(6, 0x2a, 0x05),
+        ),
+        c(
+            "preempted cannot write",
+            "2a 00 00 00 00 00 00 00 01 00",
+            CONFLICT,
+        )
+        .out(fill(0, 512)),
+        c(
+            "READ KEYS after preempt",
+            "5e 00 00 00 00 00 00 10 00 00",
+            GOOD,
+        )
+        .data("00 00 00 03 00 00 00 08 00 00 00 00 00 00 22 22"),
+        c("new holder writes", "2a 00 00 00 00 00 00 00 01 00", GOOD)
+            .who(1)
+            .out(fill(0, 512)),
+        c(
+            "unregistered PREEMPT",
+            "5f 04 01 00 00 00 00 00 18 00",
+            CONFLICT,
+        )
+        .out(pr_params(0x1111, 0x2222, 0)),
+        c("REGISTER 3", "5f 00 00 00 00 00 00 00 18 00", GOOD)
+            .who(2)
+            .out(reg(0x3333)),
+        c("RELEASE by holder", "5f 02 01 00 00 00 00 00 18 00", GOOD)
+            .who(1)
+            .out(pr_params(0x2222, 0, 0)),
+        c("RESERVE EA-RO", "5f 01 06 00 00 00 00 00 18 00", GOOD)
+            .who(1)
+            .out(pr_params(0x2222, 0, 0)),
+        c(
+            "registrant reads under EA-RO",
+            "28 00 00 00 00 00 00 00 01 00",
+            GOOD,
+        )
+        .who(2),
+        c(
+            "unregistered read conflicts under EA-RO",
+            "28 00 00 00 00 00 00 00 01 00",
+            CONFLICT,
+        ),
         c("unregistered TUR allowed", "00 00 00 00 00 00", GOOD),
-        c("holder unregisters", "5f 00 00 00 00 00 00 00 18 00", GOOD).who(1).out(pr_params(0x2222, 0, 0)),
-        c("registrant told of release", "00 00 00 00 00 00", Want::Sense(6, 0x2a, 0x04)).who(2),
-        c("REGISTER AND IGNORE", "5f 06 00 00 00 00 00 00 18 00", GOOD).who(2).out(pr_params(0, 0x4444, 0)),
-        c("CLEAR", "5f 03 00 00 00 00 00 00 18 00", GOOD).who(2).out(pr_params(0x4444, 0, 0)),
-        c("no keys", "5e 00 00 00 00 00 00 10 00 00", GOOD).data("00 00 00 06 00 00 00 00"),
+        c("holder unregisters", "5f 00 00 00 00 00 00 00 18 00", GOOD)
+            .who(1)
+            .out(pr_params(0x2222, 0, 0)),
+        c(
+            "registrant told of release",
+            "00 00 00 00 00 00",
+            Want::Sense(6, 0x2a, 0x04),
+        )
+        .who(2),
+        c("REGISTER AND IGNORE", "5f 06 00 00 00 00 00 00 18 00", GOOD)
+            .who(2)
+            .out(pr_params(0, 0x4444, 0)),
+        c("CLEAR", "5f 03 00 00 00 00 00 00 18 00", GOOD)
+            .who(2)
+            .out(pr_params(0x4444, 0, 0)),
+        c("no keys", "5e 00 00 00 00 00 00 10 00 00", GOOD).data("00 00 00 07 00 00 00 00"),
         c("REGISTER EA-AR a", "5f 00 00 00 00 00 00 00 18 00", GOOD).out(reg(0xa)),
-        c("REGISTER EA-AR b", "5f 00 00 00 00 00 00 00 18 00", GOOD).who(1).out(reg(0xb)),
+        c("REGISTER EA-AR b", "5f 00 00 00 00 00 00 00 18 00", GOOD)
+            .who(1)
+            .out(reg(0xb)),
         c("RESERVE EA-AR", "5f 01 08 00 00 00 00 00 18 00", GOOD).out(pr_params(0xa, 0, 0)),
-        c("all registrants access", "2a 00 00 00 00 00 00 00 01 00", GOOD).who(1).out(fill(0, 512)),
-        c("reservation key 0 for AR", "5e 01 00 00 00 00 00 00 20 00", GOOD)
-            .data("00 00 00 09 00 00 00 10 00 00 00 00 00 00 00 00 00 00 00 00 00 08"),
-        c("PREEMPT AR with key 0", "5f 05 01 00 00 00 00 00 18 00", GOOD).who(1).out(pr_params(0xb, 0, 0)),
-        c("everyone else preempted", "00 00 00 00 00 00", Want::Sense(6, 0x2a, 0x05)),
+        c(
+            "all registrants access",
+            "2a 00 00 00 00 00 00 00 01 00",
+            GOOD,
+        )
+        .who(1)
+        .out(fill(0, 512)),
+        c(
+            "reservation key 0 for AR",
+            "5e 01 00 00 00 00 00 00 20 00",
+            GOOD,
+        )
+        .data("00 00 00 09 00 00 00 10 00 00 00 00 00 00 00 00 00 00 00 00 00 08"),
+        c(
+            "PREEMPT AR with key 0",
+            "5f 05 01 00 00 00 00 00 18 00",
+            GOOD,
+        )
+        .who(1)
+        .out(pr_params(0xb, 0, 0)),
+        c(
+            "everyone else preempted",
+            "00 00 00 00 00 00",
+            Want::Sense(6, 0x2a, 0x05),
+        ),
         c("RESERVE(6) blocked by PR", "16 00 00 00 00 00", CONFLICT).who(1),
-        c("CLEAR all", "5f 03 00 00 00 00 00 00 18 00", GOOD).who(1).out(pr_params(0xb, 0, 0)),
+        c("CLEAR all", "5f 03 00 00 00 00 00 00 18 00", GOOD)
+            .who(1)
+            .out(pr_params(0xb, 0, 0)),
         c("RESERVE(6)", "16 00 00 00 00 00", GOOD),
-        c("other READ conflicts", "28 00 00 00 00 00 00 00 01 00", CONFLICT).who(1),
+        c(
+            "other READ conflicts",
+            "28 00 00 00 00 00 00 00 01 00",
+            CONFLICT,
+        )
+        .who(1),
         c("other INQUIRY ok", "12 00 00 00 60 00", GOOD).who(1),
-        c("other RESERVE(10) conflicts", "56 00 00 00 00 00 00 00 00 00", CONFLICT).who(1),
+        c(
+            "other RESERVE(10) conflicts",
+            "56 00 00 00 00 00 00 00 00 00",
+            CONFLICT,
+        )
+        .who(1),
         c("other RELEASE is a no-op", "17 00 00 00 00 00", GOOD).who(1),
         c("still reserved", "28 00 00 00 00 00 00 00 01 00", CONFLICT).who(1),
         c("RELEASE(10)", "57 00 00 00 00 00 00 00 00 00", GOOD),
         c("free", "28 00 00 00 00 00 00 00 01 00", GOOD).who(1),
         c("RESERVE(10) again", "56 00 00 00 00 00 00 00 00 00", GOOD),
         step("LU reset drops RESERVE", Step::LuReset, 0),
-        c("UA after reset", "00 00 00 00 00 00", Want::Sense(6, 0x29, 0x03)).who(1),
+        c(
+            "UA after reset",
+            "00 00 00 00 00 00",
+            Want::Sense(6, 0x29, 0x03),
+        )
+        .who(1),
         c("free after reset", "28 00 00 00 00 00 00 00 01 00", GOOD).who(1),
-        c("UA for the other nexus too", "28 00 00 00 00 00 00 00 01 00", Want::Sense(6, 0x29, 0x03)),
+        c(
+            "UA for the other nexus too",
+            "28 00 00 00 00 00 00 00 01 00",
+            Want::Sense(6, 0x29, 0x03),
+        ),
         c("INQUIRY never blocked by UA", "12 00 00 00 60 00", GOOD),
     ]);
 }
@@ -500,7 +907,9 @@ fn register_and_move_and_aptpl() {
         pr_store: store.clone(),
         alua: Arc::new(StandaloneAlua),
     });
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let exec = |who: usize, cdb: &str, out: Vec<u8>| {
         let req = ScsiRequest {
             lun: 0,
@@ -513,7 +922,11 @@ fn register_and_move_and_aptpl() {
         };
         rt.block_on(t.execute(&nexus(who), req))
     };
-    let r = exec(0, "5f 00 00 00 00 00 00 00 18 00", pr_params(0, 0xabc, 0x01));
+    let r = exec(
+        0,
+        "5f 00 00 00 00 00 00 00 18 00",
+        pr_params(0, 0xabc, 0x01),
+    );
     assert_eq!(r.status, ScsiStatus::Good);
     assert_eq!(
         exec(0, "5f 01 03 00 00 00 00 00 18 00", pr_params(0xabc, 0, 0)).status,
@@ -524,7 +937,7 @@ fn register_and_move_and_aptpl() {
     let mut tid = vec![0x45, 0];
     let mut n = name.into_bytes();
     n.push(0);
-    while n.len() % 4 != 0 {
+    while !n.len().is_multiple_of(4) {
         n.push(0);
     }
     tid.extend_from_slice(&(n.len() as u16).to_be_bytes());
@@ -539,7 +952,10 @@ fn register_and_move_and_aptpl() {
     let cdb: &'static str = Box::leak(cdb.into_boxed_str());
     let r = exec(0, cdb, p);
     assert_eq!(r.status, ScsiStatus::Good, "{r:?}");
-    assert_eq!(exec(1, "2a 00 00 00 00 00 00 00 01 00", fill(1, 512)).status, ScsiStatus::Good);
+    assert_eq!(
+        exec(1, "2a 00 00 00 00 00 00 00 01 00", fill(1, 512)).status,
+        ScsiStatus::Good
+    );
     assert_eq!(
         exec(0, "28 00 00 00 00 00 00 00 01 00", vec![]).status,
         ScsiStatus::ReservationConflict
@@ -550,12 +966,22 @@ fn register_and_move_and_aptpl() {
     assert!(st.aptpl);
     assert_eq!(st.registrations.len(), 1);
     assert_eq!(st.registrations[0].key, 0xdef);
-    assert_eq!(st.reservation.as_ref().map(|r| r.kind), Some(PrType::ExclusiveAccess));
+    assert_eq!(
+        st.reservation.as_ref().map(|r| r.kind),
+        Some(PrType::ExclusiveAccess)
+    );
     assert_eq!(st, store.load(0));
     // Clearing APTPL removes the file.
-    let r = exec(1, "5f 00 00 00 00 00 00 00 18 00", pr_params(0xdef, 0xdef, 0));
+    let r = exec(
+        1,
+        "5f 00 00 00 00 00 00 00 18 00",
+        pr_params(0xdef, 0xdef, 0),
+    );
     assert_eq!(r.status, ScsiStatus::Good);
-    assert_eq!(FilePrStore::open(dir.path()).unwrap().load(0), PrState::default());
+    assert_eq!(
+        FilePrStore::open(dir.path()).unwrap().load(0),
+        PrState::default()
+    );
 }
 
 #[test]
@@ -571,33 +997,76 @@ fn pr_file_versions() {
     let st = FilePrStore::open(dir.path()).unwrap().load(3);
     assert_eq!(st.generation, 7);
     assert_eq!(st.registrations[0].key, u64::MAX);
-    std::fs::write(dir.path().join("lun-4.toml"), "version = 99\n[state]\ngeneration = 1\n").unwrap();
+    std::fs::write(
+        dir.path().join("lun-4.toml"),
+        "version = 99\n[state]\ngeneration = 1\n",
+    )
+    .unwrap();
     assert!(FilePrStore::open(dir.path()).is_err());
 }
 
 #[test]
 fn rsoc_alua_and_unit_attentions() {
     run(&[
-        c("RSOC all", "a3 0c 00 00 00 00 00 00 10 00 00 00", GOOD).data("00 00 ").residual(Residual::None).edtl(4096),
+        c("RSOC all", "a3 0c 00 00 00 00 00 00 10 00 00 00", GOOD)
+            .data("00 00 01 b0")
+            .residual(Residual::Underflow(4096 - 0x1b4)),
         c("RSOC READ(10)", "a3 0c 01 28 00 00 00 00 01 00 00 00", GOOD)
             .data("00 03 00 0a 28 1a ff ff ff ff 1f ff ff 00"),
-        c("RSOC READ(10) RCTD", "a3 0c 81 28 00 00 00 00 01 00 00 00", GOOD)
-            .data("00 83 00 0a 28 1a ff ff ff ff 1f ff ff 00 00 0a 00 00 00 00 00 1e 00 00 00 1e"),
-        c("RSOC RC16 by SA", "a3 0c 02 9e 00 10 00 00 01 00 00 00", GOOD).data("00 03 00 10 9e 1f"),
-        c("RSOC opcode with SAs, option 1", "a3 0c 01 9e 00 00 00 00 01 00 00 00", INVALID_CDB),
-        c("RSOC unsupported", "a3 0c 01 04 00 00 00 00 01 00 00 00", GOOD).data("00 01 00 00"),
-        c("RSOC bad option", "a3 0c 05 00 00 00 00 00 01 00 00 00", INVALID_CDB),
+        c(
+            "RSOC READ(10) RCTD",
+            "a3 0c 81 28 00 00 00 00 01 00 00 00",
+            GOOD,
+        )
+        .data("00 83 00 0a 28 1a ff ff ff ff 1f ff ff 00 00 0a 00 00 00 00 00 1e 00 00 00 1e"),
+        c(
+            "RSOC RC16 by SA",
+            "a3 0c 02 9e 00 10 00 00 01 00 00 00",
+            GOOD,
+        )
+        .data("00 03 00 10 9e 1f"),
+        c(
+            "RSOC opcode with SAs, option 1",
+            "a3 0c 01 9e 00 00 00 00 01 00 00 00",
+            INVALID_CDB,
+        ),
+        c(
+            "RSOC unsupported",
+            "a3 0c 01 04 00 00 00 00 01 00 00 00",
+            GOOD,
+        )
+        .data("00 01 00 00"),
+        c(
+            "RSOC bad option",
+            "a3 0c 05 00 00 00 00 00 01 00 00 00",
+            INVALID_CDB,
+        ),
         c("RSTMF", "a3 0d 00 00 00 00 00 00 00 04 00 00", GOOD).data("ca 00 00 00"),
         c("RSTMF REPD", "a3 0d 80 00 00 00 00 00 00 10 00 00", GOOD).data("ca 00 00 0c"),
         c("REPORT TPG", "a3 0a 00 00 00 00 00 00 01 00 00 00", GOOD)
             .data("00 00 00 0c 00 8f 00 01 00 00 00 01 00 00 00 01"),
-        c("REPORT TPG extended", "a3 2a 00 00 00 00 00 00 01 00 00 00", GOOD)
-            .data("00 00 00 10 10 00 00 00 00 8f 00 01"),
-        c("REPORT TPG bad format", "a3 4a 00 00 00 00 00 00 01 00 00 00", INVALID_CDB),
+        c(
+            "REPORT TPG extended",
+            "a3 2a 00 00 00 00 00 00 01 00 00 00",
+            GOOD,
+        )
+        .data("00 00 00 10 10 00 00 00 00 8f 00 01"),
+        c(
+            "REPORT TPG bad format",
+            "a3 4a 00 00 00 00 00 00 01 00 00 00",
+            INVALID_CDB,
+        ),
         c("touch nexus 1", "00 00 00 00 00 00", GOOD).who(1),
         step("reset", Step::LuReset, 0),
-        c("REPORT LUNS not blocked", "a0 00 00 00 00 00 00 00 01 00 00 00", GOOD).who(1),
-        c("REQUEST SENSE reports UA", "03 00 00 00 12 00", GOOD).who(1).data("70 00 06 00 00 00 00 0a 00 00 00 00 29 03"),
+        c(
+            "REPORT LUNS not blocked",
+            "a0 00 00 00 00 00 00 00 01 00 00 00",
+            GOOD,
+        )
+        .who(1),
+        c("REQUEST SENSE reports UA", "03 00 00 00 12 00", GOOD)
+            .who(1)
+            .data("70 00 06 00 00 00 00 0a 00 00 00 00 29 03"),
         c("and clears it", "00 00 00 00 00 00", GOOD).who(1),
         step("nexus gone", Step::NexusGone, 0),
         c("forgotten UA", "00 00 00 00 00 00", GOOD),
@@ -606,7 +1075,9 @@ fn rsoc_alua_and_unit_attentions() {
 
 #[test]
 fn rsoc_lists_every_table_entry() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let t = target();
     let req = ScsiRequest {
         lun: 0,
@@ -625,13 +1096,18 @@ fn rsoc_lists_every_table_entry() {
     for (i, spec) in table::COMMANDS.iter().enumerate() {
         let e = &d[4 + 20 * i..];
         assert_eq!(e[0], spec.opcode);
-        assert_eq!(usize::from(u16::from_be_bytes([e[6], e[7]])), spec.usage.len());
+        assert_eq!(
+            usize::from(u16::from_be_bytes([e[6], e[7]])),
+            spec.usage.len()
+        );
     }
 }
 
 #[test]
 fn capacity_change_is_announced() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let t = target();
     let tur = || ScsiRequest {
         lun: 0,
@@ -642,7 +1118,10 @@ fn capacity_change_is_announced() {
         write: false,
         attr: TaskAttr::Simple,
     };
-    assert_eq!(rt.block_on(t.execute(&nexus(0), tur())).status, ScsiStatus::Good);
+    assert_eq!(
+        rt.block_on(t.execute(&nexus(0), tur())).status,
+        ScsiStatus::Good
+    );
     t.capacity_changed(0);
     let r = rt.block_on(t.execute(&nexus(0), tur()));
     let s = r.sense.unwrap();

@@ -293,6 +293,14 @@ impl Connection {
         }
     }
 
+    /// Remembers that Data-Out for `itt` is to be dropped from now on.
+    fn discard(&mut self, itt: u32) {
+        if self.discarding.len() >= limits::DISCARDED_TASKS_MAX {
+            self.discarding.clear();
+        }
+        self.discarding.insert(itt);
+    }
+
     fn alloc_ttt(&mut self) -> u32 {
         let t = self.next_ttt;
         self.next_ttt = self.next_ttt.wrapping_add(1);
@@ -436,6 +444,7 @@ impl Connection {
         if itt == RESERVED_TAG || self.tasks.contains_key(&itt) {
             return self.reject(&pdu, RejectReason::TaskInProgress);
         }
+        self.discarding.remove(&itt);
         let flags = pdu.flags();
         let read = flags & 0x40 != 0;
         let write = flags & 0x20 != 0;
@@ -471,9 +480,9 @@ impl Connection {
         let wants_data = write && edtl > 0;
         if wants_data && edtl > limits::TASK_DATA_BYTES_MAX {
             // Too large to buffer: answer now and drop whatever data follows.
-            self.discarding.insert(itt);
-            let resp = too_large_response();
-            return self.send_response(itt, pdu.lun_field(), &resp, 0, 0);
+            self.discard(itt);
+            let resp = sense_response(0x05, 0x24, 0x00);
+            return self.send_response(itt, pdu.lun_field(), &resp, 0);
         }
         let unsolicited_len = if !wants_data {
             0
@@ -538,9 +547,14 @@ impl Connection {
         match task.data_out(pdu.ttt(), pdu.buffer_offset(), pdu.data_sn(), &pdu.data, pdu.final_bit()) {
             DataOutcome::Accepted => self.advance_task(itt),
             DataOutcome::Protocol => {
-                // ERL 0 cannot recover a broken data sequence: end the connection.
+                // ERL 0 cannot recover the sequence, but the connection can
+                // live on: reject the PDU and end the command with an error.
                 self.reject(&pdu, RejectReason::ProtocolError);
-                self.close();
+                if let Some(task) = self.tasks.remove(&itt) {
+                    self.discard(itt);
+                    let resp = sense_response(0x0b, 0x4b, 0x00); // ABORTED COMMAND, DATA PHASE ERROR
+                    self.send_response(itt, task.lun_field, &resp, task.r2t_count());
+                }
             }
         }
     }
@@ -551,12 +565,12 @@ impl Connection {
         let Some(task) = self.tasks.remove(&itt) else { return };
         self.window.completed(now.saturating_duration_since(task.started));
         let r2ts = task.r2t_count();
-        self.send_response(itt, task.lun_field, &resp, r2ts, 0);
+        self.send_response(itt, task.lun_field, &resp, r2ts);
     }
 
     /// Data-In PDUs and the status, collapsed into the last Data-In when the
     /// command succeeded (RFC 7143 §11.7.4).
-    fn send_response(&mut self, itt: u32, lun_field: u64, resp: &ScsiResponse, r2ts: u32, _unused: u32) {
+    fn send_response(&mut self, itt: u32, lun_field: u64, resp: &ScsiResponse, r2ts: u32) {
         let (residual_flags, residual) = match resp.residual {
             crate::scsi::Residual::None => (0u8, 0u32),
             crate::scsi::Residual::Underflow(n) => (0x02, n),
@@ -634,7 +648,7 @@ impl Connection {
             .collect();
         for itt in &itts {
             self.tasks.remove(itt);
-            self.discarding.insert(*itt);
+            self.discard(*itt);
         }
         if !itts.is_empty() {
             self.events.push_back(Event::Abort(itts));
@@ -658,7 +672,7 @@ impl Connection {
             TmfFunction::AbortTask => {
                 let rtt = pdu.referenced_task_tag();
                 if self.tasks.remove(&rtt).is_some() {
-                    self.discarding.insert(rtt);
+                    self.discard(rtt);
                     self.events.push_back(Event::Abort(vec![rtt]));
                     self.tmf_response(itt, TmfResponse::FunctionComplete);
                 } else {
@@ -801,14 +815,15 @@ impl Connection {
     }
 }
 
-/// CHECK CONDITION, ILLEGAL REQUEST, INVALID FIELD IN CDB: a transfer
-/// larger than the block limits VPD page allows.
-fn too_large_response() -> ScsiResponse {
+/// CHECK CONDITION with fixed-format sense, for errors the transport finds
+/// itself (a transfer too large to buffer, a broken Data-Out sequence).
+fn sense_response(key: u8, asc: u8, ascq: u8) -> ScsiResponse {
     let mut sense = vec![0u8; 18];
     sense[0] = 0x70;
-    sense[2] = 0x05;
+    sense[2] = key;
     sense[7] = 10;
-    sense[12] = 0x24;
+    sense[12] = asc;
+    sense[13] = ascq;
     ScsiResponse {
         status: ScsiStatus::CheckCondition,
         data_in: Bytes::new(),
