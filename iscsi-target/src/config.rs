@@ -14,13 +14,20 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid configuration: {0}")]
     Toml(#[from] toml::de::Error),
     #[error("{0}")]
     Invalid(String),
     #[error("LUN {lun} of {iqn}: cannot open backend: {source}")]
-    Backend { iqn: String, lun: u64, source: std::io::Error },
+    Backend {
+        iqn: String,
+        lun: u64,
+        source: std::io::Error,
+    },
 }
 
 fn invalid<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
@@ -148,15 +155,23 @@ impl ChapSection {
             (Some(u), Some(s)) => {
                 check(s)?;
                 if s == &self.secret {
-                    return invalid(format!("{what}: mutual CHAP secret must differ from the initiator's"));
+                    return invalid(format!(
+                        "{what}: mutual CHAP secret must differ from the initiator's"
+                    ));
                 }
-                Some(ChapCredentials { user: u.clone(), secret: s.clone() })
+                Some(ChapCredentials {
+                    user: u.clone(),
+                    secret: s.clone(),
+                })
             }
             (None, None) => None,
             _ => return invalid(format!("{what}: mutual_user and mutual_secret go together")),
         };
         Ok(ChapConfig {
-            initiator: Some(ChapCredentials { user: self.user.clone(), secret: self.secret.clone() }),
+            initiator: Some(ChapCredentials {
+                user: self.user.clone(),
+                secret: self.secret.clone(),
+            }),
             target,
         })
     }
@@ -180,11 +195,21 @@ pub fn parse_lun_spec(lun: u64, spec: &str, block_size: u32) -> Result<LunSectio
     for opt in parts {
         match opt.split_once('=') {
             Some(("size", v)) => size = Some(v.to_string()),
-            Some(("bs", v)) => bs = v.parse().map_err(|_| ConfigError::Invalid(format!("bad block size {v:?} in {spec:?}")))?,
+            Some(("bs", v)) => {
+                bs = v.parse().map_err(|_| {
+                    ConfigError::Invalid(format!("bad block size {v:?} in {spec:?}"))
+                })?
+            }
             _ => return invalid(format!("unknown option {opt:?} in LUN spec {spec:?}")),
         }
     }
-    Ok(LunSection { lun, backend, size, block_size: bs, serial: None })
+    Ok(LunSection {
+        lun,
+        backend,
+        size,
+        block_size: bs,
+        serial: None,
+    })
 }
 
 /// A stable 64-bit hash (FNV-1a): identities must not change between runs
@@ -218,27 +243,41 @@ pub fn naa_for(iqn: &str, lun: u64) -> [u8; 16] {
 }
 
 pub fn serial_for(iqn: &str, lun: u64) -> String {
-    format!("weft{:016x}", fnv64(&[iqn.as_bytes(), &lun.to_be_bytes(), b"serial"]))
+    format!(
+        "weft{:016x}",
+        fnv64(&[iqn.as_bytes(), &lun.to_be_bytes(), b"serial"])
+    )
 }
 
 fn open_backend(iqn: &str, l: &LunSection) -> Result<Arc<dyn BlockDevice>, ConfigError> {
     if l.block_size != 512 && l.block_size != 4096 {
-        return invalid(format!("LUN {} of {iqn}: block_size must be 512 or 4096", l.lun));
+        return invalid(format!(
+            "LUN {} of {iqn}: block_size must be 512 or 4096",
+            l.lun
+        ));
     }
     let size = match &l.size {
-        Some(s) => Some(parse_size(s).ok_or_else(|| ConfigError::Invalid(format!("LUN {} of {iqn}: bad size {s:?}", l.lun)))?),
+        Some(s) => Some(parse_size(s).ok_or_else(|| {
+            ConfigError::Invalid(format!("LUN {} of {iqn}: bad size {s:?}", l.lun))
+        })?),
         None => None,
     };
-    let (kind, arg) = l
-        .backend
-        .split_once(':')
-        .ok_or_else(|| ConfigError::Invalid(format!("LUN {} of {iqn}: backend must be ram:SIZE or file:PATH, got {:?}", l.lun, l.backend)))?;
+    let (kind, arg) = l.backend.split_once(':').ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "LUN {} of {iqn}: backend must be ram:SIZE or file:PATH, got {:?}",
+            l.lun, l.backend
+        ))
+    })?;
     match kind {
         "ram" => {
-            let bytes = parse_size(arg)
-                .ok_or_else(|| ConfigError::Invalid(format!("LUN {} of {iqn}: bad RAM size {arg:?}", l.lun)))?;
+            let bytes = parse_size(arg).ok_or_else(|| {
+                ConfigError::Invalid(format!("LUN {} of {iqn}: bad RAM size {arg:?}", l.lun))
+            })?;
             if bytes < u64::from(l.block_size) {
-                return invalid(format!("LUN {} of {iqn}: size is smaller than one block", l.lun));
+                return invalid(format!(
+                    "LUN {} of {iqn}: size is smaller than one block",
+                    l.lun
+                ));
             }
             Ok(Arc::new(RamDevice::new(bytes, l.block_size)))
         }
@@ -246,11 +285,19 @@ fn open_backend(iqn: &str, l: &LunSection) -> Result<Arc<dyn BlockDevice>, Confi
             if arg.is_empty() {
                 return invalid(format!("LUN {} of {iqn}: file backend needs a path", l.lun));
             }
-            let dev = FileDevice::open(std::path::Path::new(arg), size, l.block_size)
-                .map_err(|source| ConfigError::Backend { iqn: iqn.to_string(), lun: l.lun, source })?;
+            let dev = FileDevice::open(std::path::Path::new(arg), size, l.block_size).map_err(
+                |source| ConfigError::Backend {
+                    iqn: iqn.to_string(),
+                    lun: l.lun,
+                    source,
+                },
+            )?;
             Ok(Arc::new(dev))
         }
-        other => invalid(format!("LUN {} of {iqn}: unknown backend kind {other:?} (ram or file)", l.lun)),
+        other => invalid(format!(
+            "LUN {} of {iqn}: unknown backend kind {other:?} (ram or file)",
+            l.lun
+        )),
     }
 }
 
@@ -258,17 +305,24 @@ fn open_backend(iqn: &str, l: &LunSection) -> Result<Arc<dyn BlockDevice>, Confi
 fn check_name(name: &str) -> Result<(), ConfigError> {
     let ok = name.len() <= 223
         && (name.starts_with("iqn.") || name.starts_with("eui.") || name.starts_with("naa."))
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b));
     if ok {
         Ok(())
     } else {
-        invalid(format!("{name:?} is not a valid iSCSI name (iqn.YYYY-MM.reversed.domain[:id], lower case)"))
+        invalid(format!(
+            "{name:?} is not a valid iSCSI name (iqn.YYYY-MM.reversed.domain[:id], lower case)"
+        ))
     }
 }
 
 impl Config {
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::parse(&text)
     }
 
@@ -295,7 +349,10 @@ impl Config {
                 check_name(i)?;
             }
             if t.luns.len() > LUNS_PER_TARGET_MAX {
-                return invalid(format!("target {} has more than {LUNS_PER_TARGET_MAX} LUNs", t.iqn));
+                return invalid(format!(
+                    "target {} has more than {LUNS_PER_TARGET_MAX} LUNs",
+                    t.iqn
+                ));
             }
             let mut lus = Vec::new();
             let mut seen = std::collections::HashSet::new();
@@ -304,12 +361,18 @@ impl Config {
                     return invalid(format!("target {}: LUN {} is beyond 16383", t.iqn, l.lun));
                 }
                 if !seen.insert(l.lun) {
-                    return invalid(format!("target {}: LUN {} is configured twice", t.iqn, l.lun));
+                    return invalid(format!(
+                        "target {}: LUN {} is configured twice",
+                        t.iqn, l.lun
+                    ));
                 }
                 lus.push(LuConfig {
                     lun: l.lun,
                     device: open_backend(&t.iqn, l)?,
-                    serial: l.serial.clone().unwrap_or_else(|| serial_for(&t.iqn, l.lun)),
+                    serial: l
+                        .serial
+                        .clone()
+                        .unwrap_or_else(|| serial_for(&t.iqn, l.lun)),
                     naa: naa_for(&t.iqn, l.lun),
                     vendor: "WEFT".into(),
                     product: "weft-lun".into(),
@@ -322,8 +385,9 @@ impl Config {
             };
             let mut scsi_cfg = ScsiTargetConfig::standalone(t.iqn.clone(), lus);
             if let Some(dir) = &self.gateway.state_dir {
-                let store = crate::scsi::FilePrStore::open(dir.join(&t.iqn))
-                    .map_err(|e| ConfigError::Invalid(format!("state_dir {}: {e}", dir.display())))?;
+                let store = crate::scsi::FilePrStore::open(dir.join(&t.iqn)).map_err(|e| {
+                    ConfigError::Invalid(format!("state_dir {}: {e}", dir.display()))
+                })?;
                 scsi_cfg.pr_store = Arc::new(store);
             }
             targets.push(Target {
@@ -350,7 +414,12 @@ impl Config {
                 return invalid(format!("portal {p:?} is not ip:port"));
             }
         }
-        Ok(Gateway::new(targets, advertise, self.gateway.tpgt, discovery_chap))
+        Ok(Gateway::new(
+            targets,
+            advertise,
+            self.gateway.tpgt,
+            discovery_chap,
+        ))
     }
 }
 
@@ -376,10 +445,17 @@ mod tests {
             ("", "no [[target]]"),
         ];
         for (text, want) in cases {
-            let err = Config::parse(text).and_then(|c| c.build()).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = Config::parse(text)
+                .and_then(|c| c.build())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
         }
-        assert!(Config::parse("[gateway]\nbogus = 1\n").is_err(), "unknown keys are errors");
+        assert!(
+            Config::parse("[gateway]\nbogus = 1\n").is_err(),
+            "unknown keys are errors"
+        );
     }
 
     #[test]
@@ -393,7 +469,10 @@ mod tests {
     #[test]
     fn lun_specs() {
         let l = parse_lun_spec(2, "file:/tmp/x.img,size=1G,bs=4096", 512).unwrap();
-        assert_eq!((l.lun, l.backend.as_str(), l.size.as_deref(), l.block_size), (2, "file:/tmp/x.img", Some("1G"), 4096));
+        assert_eq!(
+            (l.lun, l.backend.as_str(), l.size.as_deref(), l.block_size),
+            (2, "file:/tmp/x.img", Some("1G"), 4096)
+        );
         assert!(parse_lun_spec(0, "ram:1G,colour=blue", 512).is_err());
     }
 }

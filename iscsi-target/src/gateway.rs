@@ -44,9 +44,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(targets: Vec<Target>, portals: Vec<String>, tpgt: u16, discovery_chap: ChapConfig) -> Self {
+    pub fn new(
+        targets: Vec<Target>,
+        portals: Vec<String>,
+        tpgt: u16,
+        discovery_chap: ChapConfig,
+    ) -> Self {
         Gateway {
-            targets: targets.into_iter().map(|t| (t.auth.name.clone(), t)).collect(),
+            targets: targets
+                .into_iter()
+                .map(|t| (t.auth.name.clone(), t))
+                .collect(),
             portals,
             tpgt,
             discovery_chap,
@@ -134,7 +142,11 @@ impl Directory for Gateway {
             .values()
             .filter(|t| t.auth.allows(initiator))
             .map(|t| {
-                let addrs = self.portals.iter().map(|p| format!("{p},{}", self.tpgt)).collect();
+                let addrs = self
+                    .portals
+                    .iter()
+                    .map(|p| format!("{p},{}", self.tpgt))
+                    .collect();
                 (t.auth.name.clone(), addrs)
             })
             .collect();

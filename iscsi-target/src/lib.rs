@@ -5,11 +5,11 @@
 //! `server` module is the thin tokio driver around them.
 
 pub mod backend;
-pub mod scsi;
-pub mod limits;
-pub mod pdu;
-pub mod login;
+pub mod config;
 pub mod gateway;
+pub mod limits;
+pub mod login;
+pub mod pdu;
+pub mod scsi;
 pub mod server;
 pub mod session;
-pub mod config;

@@ -20,7 +20,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 /// Accepts connections on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, offer: TargetOffer, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    offer: TargetOffer,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -60,7 +65,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, offer: TargetOf
 /// A SCSI command's result, or its panic turned into an error status.
 type Completion = (u32, ScsiResponse);
 
-async fn write_loop(stream: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<(Pdu, DigestConfig)>) {
+async fn write_loop(
+    stream: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<(Pdu, DigestConfig)>,
+) {
     let mut w = BufWriter::with_capacity(256 * 1024, stream);
     let mut header = BytesMut::with_capacity(128);
     while let Some((pdu, digests)) = rx.recv().await {
@@ -97,7 +105,12 @@ struct Driver {
     closing: bool,
 }
 
-async fn run_connection(stream: TcpStream, gateway: Arc<Gateway>, offer: TargetOffer, mut shutdown: watch::Receiver<bool>) {
+async fn run_connection(
+    stream: TcpStream,
+    gateway: Arc<Gateway>,
+    offer: TargetOffer,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(limits::TX_QUEUE_PDUS_MAX);
     let writer = tokio::spawn(write_loop(wr, rx));
@@ -247,8 +260,14 @@ impl Driver {
                             target_name: outcome.target_name.clone(),
                             tpgt: self.gateway.tpgt,
                         };
-                        self.scsi = self.gateway.target(&outcome.target_name).map(|t| t.scsi.clone());
-                        self.session_id = Some(self.gateway.register(nexus.clone(), self.control_tx.clone()));
+                        self.scsi = self
+                            .gateway
+                            .target(&outcome.target_name)
+                            .map(|t| t.scsi.clone());
+                        self.session_id = Some(
+                            self.gateway
+                                .register(nexus.clone(), self.control_tx.clone()),
+                        );
                         self.nexus = Some(nexus);
                     }
                 }
@@ -256,7 +275,9 @@ impl Driver {
                     let (Some(scsi), Some(nexus)) = (self.scsi.clone(), self.nexus.clone()) else {
                         continue;
                     };
-                    let handle = self.running.spawn(async move { (itt, scsi.execute(&nexus, request).await) });
+                    let handle = self
+                        .running
+                        .spawn(async move { (itt, scsi.execute(&nexus, request).await) });
                     self.ids.insert(handle.id(), itt);
                     self.handles.insert(itt, handle);
                 }
@@ -289,11 +310,13 @@ impl Driver {
                 if function == TmfFunction::LogicalUnitReset {
                     scsi.lu_reset(lun);
                 }
-                self.gateway.broadcast(target, id, SessionControl::AbortTasks(Some(lun)));
+                self.gateway
+                    .broadcast(target, id, SessionControl::AbortTasks(Some(lun)));
             }
             TmfFunction::TargetWarmReset => {
                 scsi.target_reset();
-                self.gateway.broadcast(target, id, SessionControl::AbortTasks(None));
+                self.gateway
+                    .broadcast(target, id, SessionControl::AbortTasks(None));
             }
             TmfFunction::TargetColdReset => {
                 scsi.target_reset();

@@ -1,7 +1,9 @@
 //! A device in a sparse file: nothing allocated until written, holes punched
 //! on unmap, `fdatasync` on flush and FUA.
 
-use super::{check_range, first_difference, BlockDevice, BlockError, LbaStatus, ProvisioningStatus};
+use super::{
+    check_range, first_difference, BlockDevice, BlockError, LbaStatus, ProvisioningStatus,
+};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
@@ -55,7 +57,7 @@ impl FileDevice {
     }
 
     fn bytes_of(&self, len: usize) -> Result<u64, BlockError> {
-        if len % self.block_size as usize != 0 {
+        if !len.is_multiple_of(self.block_size as usize) {
             return Err(BlockError::Misaligned {
                 len,
                 block_size: self.block_size,
@@ -109,14 +111,16 @@ impl BlockDevice for FileDevice {
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BlockError> {
         check_range(lba, u64::from(blocks), self.num_blocks)?;
         let bs = u64::from(self.block_size);
-        self.read_at(lba * bs, (u64::from(blocks) * bs) as usize).await
+        self.read_at(lba * bs, (u64::from(blocks) * bs) as usize)
+            .await
     }
 
     async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
         let blocks = self.bytes_of(data.len())?;
         check_range(lba, blocks, self.num_blocks)?;
         let _shared = self.order.read().await;
-        self.write_at(lba * u64::from(self.block_size), data, fua).await
+        self.write_at(lba * u64::from(self.block_size), data, fua)
+            .await
     }
 
     async fn flush(&self) -> Result<(), BlockError> {
@@ -223,7 +227,10 @@ mod tests {
         let path = dir.path().join("disk.img");
         let d = FileDevice::open(&path, Some(16 << 20), 4096).unwrap();
         assert_eq!(d.num_blocks(), 4096);
-        assert_eq!(d.lba_status(0).await.unwrap().status, ProvisioningStatus::Deallocated);
+        assert_eq!(
+            d.lba_status(0).await.unwrap().status,
+            ProvisioningStatus::Deallocated
+        );
         let data = Bytes::from(vec![0xabu8; 4096 * 16]);
         d.write(256, data.clone(), true).await.unwrap();
         assert_eq!(d.read(256, 16).await.unwrap(), data);
@@ -231,7 +238,10 @@ mod tests {
         assert_eq!(st.status, ProvisioningStatus::Mapped);
         assert_eq!(st.blocks, 16);
         let before = d.lba_status(0).await.unwrap();
-        assert_eq!((before.status, before.blocks), (ProvisioningStatus::Deallocated, 256));
+        assert_eq!(
+            (before.status, before.blocks),
+            (ProvisioningStatus::Deallocated, 256)
+        );
         d.unmap(256, 16).await.unwrap();
         assert!(d.read(256, 16).await.unwrap().iter().all(|&b| b == 0));
         d.flush().await.unwrap();

@@ -17,7 +17,11 @@ use bytes::Bytes;
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     #[error("LBA range {lba}+{blocks} is beyond the device's {num_blocks} blocks")]
-    OutOfRange { lba: u64, blocks: u64, num_blocks: u64 },
+    OutOfRange {
+        lba: u64,
+        blocks: u64,
+        num_blocks: u64,
+    },
     /// COMPARE AND WRITE found different data; `offset` is the byte offset of
     /// the first differing byte within the compared range.
     #[error("miscompare at byte offset {offset}")]

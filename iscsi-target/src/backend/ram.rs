@@ -1,7 +1,9 @@
 //! A thin in-memory device: segments are allocated on first write and freed
 //! by unmap, so a large RAM LUN costs only what has been written.
 
-use super::{check_range, first_difference, BlockDevice, BlockError, LbaStatus, ProvisioningStatus};
+use super::{
+    check_range, first_difference, BlockDevice, BlockError, LbaStatus, ProvisioningStatus,
+};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
@@ -36,7 +38,7 @@ impl RamDevice {
     }
 
     fn check_len(&self, len: usize) -> Result<u64, BlockError> {
-        if len % self.block_size as usize != 0 {
+        if !len.is_multiple_of(self.block_size as usize) {
             return Err(BlockError::Misaligned {
                 len,
                 block_size: self.block_size,
@@ -186,7 +188,10 @@ mod tests {
         assert!(d.read(2000, 49).await.is_err());
         d.unmap(0, 2048).await.unwrap();
         assert!(d.read(100, 200).await.unwrap().iter().all(|&b| b == 0));
-        assert_eq!(d.lba_status(0).await.unwrap().status, ProvisioningStatus::Deallocated);
+        assert_eq!(
+            d.lba_status(0).await.unwrap().status,
+            ProvisioningStatus::Deallocated
+        );
     }
 
     #[tokio::test]

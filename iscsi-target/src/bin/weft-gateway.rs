@@ -73,7 +73,12 @@ fn chap_section(args: &Args) -> Result<Option<ChapSection>> {
         }
         None => (None, None),
     };
-    Ok(Some(ChapSection { user, secret, mutual_user, mutual_secret }))
+    Ok(Some(ChapSection {
+        user,
+        secret,
+        mutual_user,
+        mutual_secret,
+    }))
 }
 
 fn config_from_args(args: &Args) -> Result<Config> {
@@ -84,7 +89,11 @@ fn config_from_args(args: &Args) -> Result<Config> {
         }
         return Ok(cfg);
     }
-    let specs = if args.luns.is_empty() { vec!["ram:1G".to_string()] } else { args.luns.clone() };
+    let specs = if args.luns.is_empty() {
+        vec!["ram:1G".to_string()]
+    } else {
+        args.luns.clone()
+    };
     let luns = specs
         .iter()
         .enumerate()
@@ -108,7 +117,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if args.log_format == "json" {
         builder.json().init();
     } else {
@@ -116,7 +127,9 @@ fn main() -> Result<()> {
     }
     let cfg = config_from_args(&args)?;
     let gateway = Arc::new(cfg.build().context("configuration")?);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(cfg, gateway))
 }
 
@@ -129,7 +142,12 @@ async fn run(cfg: Config, gateway: Arc<iscsi_target::gateway::Gateway>) -> Resul
             .with_context(|| format!("cannot listen on {portal}"))?;
         let gw = gateway.clone();
         let rx = shutdown_rx.clone();
-        servers.push(tokio::spawn(iscsi_target::server::serve(listener, gw, TargetOffer::default(), rx)));
+        servers.push(tokio::spawn(iscsi_target::server::serve(
+            listener,
+            gw,
+            TargetOffer::default(),
+            rx,
+        )));
     }
     for t in gateway.targets() {
         tracing::info!(target = %t.auth.name, luns = ?t.scsi.luns(), chap = t.auth.chap.initiator.is_some(), "serving target");

@@ -62,7 +62,10 @@ pub enum ChapError {
 }
 
 fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 impl ChapState {
@@ -147,7 +150,10 @@ mod tests {
     use super::*;
 
     fn kv(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn cfg(mutual: bool) -> ChapConfig {
@@ -203,25 +209,54 @@ mod tests {
     fn failures() {
         let c = cfg(false);
         let mut st = ChapState::AwaitAlgorithm;
-        assert_eq!(st.step(&c, &kv(&[("CHAP_A", "7")]), 1, [0; 16]), Err(ChapError::NoAlgorithm));
+        assert_eq!(
+            st.step(&c, &kv(&[("CHAP_A", "7")]), 1, [0; 16]),
+            Err(ChapError::NoAlgorithm)
+        );
         let mut st = ChapState::AwaitAlgorithm;
         st.step(&c, &kv(&[("CHAP_A", "5")]), 1, [5; 16]).unwrap();
         let wrong = encode_hex(&md5_response(1, b"wrong", &[5; 16]));
         assert_eq!(
-            st.clone().step(&c, &kv(&[("CHAP_N", "alice"), ("CHAP_R", &wrong)]), 0, [0; 16]),
+            st.clone().step(
+                &c,
+                &kv(&[("CHAP_N", "alice"), ("CHAP_R", &wrong)]),
+                0,
+                [0; 16]
+            ),
             Err(ChapError::BadResponse)
         );
         let right = encode_hex(&md5_response(1, b"alicesecret1", &[5; 16]));
         assert_eq!(
-            st.clone().step(&c, &kv(&[("CHAP_N", "bob"), ("CHAP_R", &right)]), 0, [0; 16]),
+            st.clone().step(
+                &c,
+                &kv(&[("CHAP_N", "bob"), ("CHAP_R", &right)]),
+                0,
+                [0; 16]
+            ),
             Err(ChapError::BadResponse)
         );
         // Mutual without target credentials, and reflection of our challenge.
         let ours = encode_hex(&[5; 16]);
-        let req = kv(&[("CHAP_N", "alice"), ("CHAP_R", &right), ("CHAP_I", "1"), ("CHAP_C", &ours)]);
-        assert_eq!(st.clone().step(&c, &req, 0, [0; 16]), Err(ChapError::Reflection));
+        let req = kv(&[
+            ("CHAP_N", "alice"),
+            ("CHAP_R", &right),
+            ("CHAP_I", "1"),
+            ("CHAP_C", &ours),
+        ]);
+        assert_eq!(
+            st.clone().step(&c, &req, 0, [0; 16]),
+            Err(ChapError::Reflection)
+        );
         let other = encode_hex(&[6; 16]);
-        let req = kv(&[("CHAP_N", "alice"), ("CHAP_R", &right), ("CHAP_I", "1"), ("CHAP_C", &other)]);
-        assert_eq!(st.step(&c, &req, 0, [0; 16]), Err(ChapError::NoTargetSecret));
+        let req = kv(&[
+            ("CHAP_N", "alice"),
+            ("CHAP_R", &right),
+            ("CHAP_I", "1"),
+            ("CHAP_C", &other),
+        ]);
+        assert_eq!(
+            st.step(&c, &req, 0, [0; 16]),
+            Err(ChapError::NoTargetSecret)
+        );
     }
 }

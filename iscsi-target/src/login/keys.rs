@@ -50,19 +50,39 @@ const LEN_MAX: u64 = 16_777_215;
 const KEYS: &[KeyDef] = &[
     key("HeaderDigest", Rule::List, Scope::LoginOnly),
     key("DataDigest", Rule::List, Scope::LoginOnly),
-    key("MaxConnections", Rule::Min(1, 65535), Scope::LoginNormalOnly),
+    key(
+        "MaxConnections",
+        Rule::Min(1, 65535),
+        Scope::LoginNormalOnly,
+    ),
     key("InitiatorName", Rule::Declarative, Scope::LoginOnly),
     key("TargetName", Rule::Declarative, Scope::LoginOnly),
     key("InitiatorAlias", Rule::Declarative, Scope::LoginOnly),
     key("SessionType", Rule::Declarative, Scope::LoginOnly),
     key("InitialR2T", Rule::Or, Scope::LoginNormalOnly),
     key("ImmediateData", Rule::And, Scope::LoginNormalOnly),
-    key("MaxRecvDataSegmentLength", Rule::DeclaredNumber(512, LEN_MAX), Scope::Anytime),
-    key("MaxBurstLength", Rule::Min(512, LEN_MAX), Scope::LoginNormalOnly),
-    key("FirstBurstLength", Rule::Min(512, LEN_MAX), Scope::LoginNormalOnly),
+    key(
+        "MaxRecvDataSegmentLength",
+        Rule::DeclaredNumber(512, LEN_MAX),
+        Scope::Anytime,
+    ),
+    key(
+        "MaxBurstLength",
+        Rule::Min(512, LEN_MAX),
+        Scope::LoginNormalOnly,
+    ),
+    key(
+        "FirstBurstLength",
+        Rule::Min(512, LEN_MAX),
+        Scope::LoginNormalOnly,
+    ),
     key("DefaultTime2Wait", Rule::Max(0, 3600), Scope::LoginOnly),
     key("DefaultTime2Retain", Rule::Min(0, 3600), Scope::LoginOnly),
-    key("MaxOutstandingR2T", Rule::Min(1, 65535), Scope::LoginNormalOnly),
+    key(
+        "MaxOutstandingR2T",
+        Rule::Min(1, 65535),
+        Scope::LoginNormalOnly,
+    ),
     key("DataPDUInOrder", Rule::Or, Scope::LoginNormalOnly),
     key("DataSequenceInOrder", Rule::Or, Scope::LoginNormalOnly),
     key("ErrorRecoveryLevel", Rule::Min(0, 2), Scope::LoginOnly),
@@ -367,9 +387,18 @@ impl Negotiator {
 mod tests {
     use super::*;
 
-    fn run(pairs: &[(&str, &str)], phase: Phase) -> (Result<Vec<(String, String)>, NegotiationError>, SessionParams) {
+    fn run(
+        pairs: &[(&str, &str)],
+        phase: Phase,
+    ) -> (
+        Result<Vec<(String, String)>, NegotiationError>,
+        SessionParams,
+    ) {
         let mut n = Negotiator::new(TargetOffer::default());
-        let pairs: Vec<_> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let pairs: Vec<_> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let r = n.respond(&pairs, phase);
         n.finish();
         (r, n.params)
@@ -386,29 +415,106 @@ mod tests {
     #[test]
     fn rules_table() {
         use Phase::*;
-        let cases: &[(&[(&str, &str)], Phase, &[(&str, &str)])] = &[
-            (&[("HeaderDigest", "None,CRC32C")], LoginNormal, &[("HeaderDigest", "None")]),
-            (&[("HeaderDigest", "CRC32C,None")], LoginNormal, &[("HeaderDigest", "CRC32C")]),
-            (&[("DataDigest", "MD5")], LoginNormal, &[("DataDigest", "Reject")]),
-            (&[("InitialR2T", "Yes")], LoginNormal, &[("InitialR2T", "Yes")]),
-            (&[("InitialR2T", "No")], LoginNormal, &[("InitialR2T", "No")]),
-            (&[("ImmediateData", "No")], LoginNormal, &[("ImmediateData", "No")]),
-            (&[("ImmediateData", "Maybe")], LoginNormal, &[("ImmediateData", "Reject")]),
-            (&[("MaxBurstLength", "16776192")], LoginNormal, &[("MaxBurstLength", "1048576")]),
-            (&[("MaxBurstLength", "100")], LoginNormal, &[("MaxBurstLength", "Reject")]),
-            (&[("MaxBurstLength", "abc")], LoginNormal, &[("MaxBurstLength", "Reject")]),
-            (&[("DefaultTime2Wait", "0")], LoginNormal, &[("DefaultTime2Wait", "2")]),
-            (&[("ErrorRecoveryLevel", "2")], LoginNormal, &[("ErrorRecoveryLevel", "0")]),
-            (&[("MaxConnections", "8")], LoginNormal, &[("MaxConnections", "1")]),
+        type Case<'a> = (&'a [(&'a str, &'a str)], Phase, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            (
+                &[("HeaderDigest", "None,CRC32C")],
+                LoginNormal,
+                &[("HeaderDigest", "None")],
+            ),
+            (
+                &[("HeaderDigest", "CRC32C,None")],
+                LoginNormal,
+                &[("HeaderDigest", "CRC32C")],
+            ),
+            (
+                &[("DataDigest", "MD5")],
+                LoginNormal,
+                &[("DataDigest", "Reject")],
+            ),
+            (
+                &[("InitialR2T", "Yes")],
+                LoginNormal,
+                &[("InitialR2T", "Yes")],
+            ),
+            (
+                &[("InitialR2T", "No")],
+                LoginNormal,
+                &[("InitialR2T", "No")],
+            ),
+            (
+                &[("ImmediateData", "No")],
+                LoginNormal,
+                &[("ImmediateData", "No")],
+            ),
+            (
+                &[("ImmediateData", "Maybe")],
+                LoginNormal,
+                &[("ImmediateData", "Reject")],
+            ),
+            (
+                &[("MaxBurstLength", "16776192")],
+                LoginNormal,
+                &[("MaxBurstLength", "1048576")],
+            ),
+            (
+                &[("MaxBurstLength", "100")],
+                LoginNormal,
+                &[("MaxBurstLength", "Reject")],
+            ),
+            (
+                &[("MaxBurstLength", "abc")],
+                LoginNormal,
+                &[("MaxBurstLength", "Reject")],
+            ),
+            (
+                &[("DefaultTime2Wait", "0")],
+                LoginNormal,
+                &[("DefaultTime2Wait", "2")],
+            ),
+            (
+                &[("ErrorRecoveryLevel", "2")],
+                LoginNormal,
+                &[("ErrorRecoveryLevel", "0")],
+            ),
+            (
+                &[("MaxConnections", "8")],
+                LoginNormal,
+                &[("MaxConnections", "1")],
+            ),
             (&[("OFMarker", "Yes")], LoginNormal, &[("OFMarker", "No")]),
-            (&[("OFMarkInt", "2048~8192")], LoginNormal, &[("OFMarkInt", "Irrelevant")]),
-            (&[("X-com.example.foo", "1")], LoginNormal, &[("X-com.example.foo", "NotUnderstood")]),
-            (&[("Bogus", "1")], LoginNormal, &[("Bogus", "NotUnderstood")]),
-            (&[("MaxBurstLength", "65536")], LoginDiscovery, &[("MaxBurstLength", "Irrelevant")]),
+            (
+                &[("OFMarkInt", "2048~8192")],
+                LoginNormal,
+                &[("OFMarkInt", "Irrelevant")],
+            ),
+            (
+                &[("X-com.example.foo", "1")],
+                LoginNormal,
+                &[("X-com.example.foo", "NotUnderstood")],
+            ),
+            (
+                &[("Bogus", "1")],
+                LoginNormal,
+                &[("Bogus", "NotUnderstood")],
+            ),
+            (
+                &[("MaxBurstLength", "65536")],
+                LoginDiscovery,
+                &[("MaxBurstLength", "Irrelevant")],
+            ),
             (&[("MaxRecvDataSegmentLength", "65536")], LoginNormal, &[]),
-            (&[("MaxRecvDataSegmentLength", "1")], LoginNormal, &[("MaxRecvDataSegmentLength", "Reject")]),
+            (
+                &[("MaxRecvDataSegmentLength", "1")],
+                LoginNormal,
+                &[("MaxRecvDataSegmentLength", "Reject")],
+            ),
             (&[("InitiatorName", "iqn.x")], LoginNormal, &[]),
-            (&[("HeaderDigest", "None")], FullFeature, &[("HeaderDigest", "Reject")]),
+            (
+                &[("HeaderDigest", "None")],
+                FullFeature,
+                &[("HeaderDigest", "Reject")],
+            ),
         ];
         for (input, phase, want) in cases {
             let want: Vec<_> = want.iter().map(|(k, v)| kv(k, v)).collect();
@@ -433,13 +539,19 @@ mod tests {
         assert!(p.header_digest && p.data_digest && !p.initial_r2t);
         assert_eq!(p.initiator_max_recv_data_segment_len, 65536);
         assert_eq!(p.max_burst_len, 262144);
-        assert_eq!(p.first_burst_len, 262144, "FirstBurstLength is capped by MaxBurstLength");
+        assert_eq!(
+            p.first_burst_len, 262144,
+            "FirstBurstLength is capped by MaxBurstLength"
+        );
         assert_eq!(p.max_outstanding_r2t, 1);
     }
 
     #[test]
     fn duplicate_key_fails() {
-        let (r, _) = run(&[("MaxBurstLength", "512"), ("MaxBurstLength", "1024")], Phase::LoginNormal);
+        let (r, _) = run(
+            &[("MaxBurstLength", "512"), ("MaxBurstLength", "1024")],
+            Phase::LoginNormal,
+        );
         assert_eq!(r, Err(NegotiationError::Duplicate("MaxBurstLength".into())));
     }
 }

@@ -136,7 +136,10 @@ impl<R: rand::RngCore> ChallengeSource for R {
 }
 
 fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 impl Login {
@@ -195,7 +198,10 @@ impl Login {
         if req.bhs[3] != 0 {
             return self.fail(req, LoginStatus::UnsupportedVersion);
         }
-        if (transit && cont) || csg == 2 || csg == STAGE_FULL_FEATURE || (transit && (nsg == 2 || nsg <= csg))
+        if (transit && cont)
+            || csg == 2
+            || csg == STAGE_FULL_FEATURE
+            || (transit && (nsg == 2 || nsg <= csg))
         {
             return self.fail(req, LoginStatus::InitiatorError);
         }
@@ -311,16 +317,17 @@ impl Login {
         let operational: Vec<(String, String)> = pairs
             .iter()
             .filter(|(k, _)| {
-                !matches!(k.as_str(), "AuthMethod" | "InitiatorAlias" | "TargetAlias" | "TargetPortalGroupTag")
-                    && !k.starts_with("CHAP_")
+                !matches!(
+                    k.as_str(),
+                    "AuthMethod" | "InitiatorAlias" | "TargetAlias" | "TargetPortalGroupTag"
+                ) && !k.starts_with("CHAP_")
             })
             .cloned()
             .collect();
         match self.negotiator.respond(&operational, phase) {
-            Ok(keys) => out.extend(
-                keys.into_iter()
-                    .filter(|(k, _)| !matches!(k.as_str(), "InitiatorName" | "TargetName" | "SessionType")),
-            ),
+            Ok(keys) => out.extend(keys.into_iter().filter(|(k, _)| {
+                !matches!(k.as_str(), "InitiatorName" | "TargetName" | "SessionType")
+            })),
             Err(e) => {
                 tracing::info!(error = %e, "login negotiation failed");
                 return self.fail(req, LoginStatus::InitiatorError);
@@ -350,7 +357,11 @@ impl Login {
                 session_type: self.session_type,
                 initiator_name: first.initiator_name,
                 initiator_alias: self.initiator_alias.clone(),
-                target_name: self.target.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
+                target_name: self
+                    .target
+                    .as_ref()
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default(),
                 isid: first.isid,
                 tsih: self.tsih,
                 requested_tsih: first.tsih,

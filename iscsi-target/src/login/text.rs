@@ -52,7 +52,9 @@ pub fn parse(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
             KEY_VALUE_BYTES_MAX
         };
         if value.len() > max {
-            return Err(TextError::ValueTooLong { key: key.to_string() });
+            return Err(TextError::ValueTooLong {
+                key: key.to_string(),
+            });
         }
         pairs.push((key.to_string(), value.to_string()));
     }
@@ -152,7 +154,10 @@ pub fn parse_binary(v: &str) -> Option<Vec<u8>> {
         }
         (0..hex.len())
             .step_by(2)
-            .map(|i| hex.get(i..i + 2).and_then(|s| u8::from_str_radix(s, 16).ok()))
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|s| u8::from_str_radix(s, 16).ok())
+            })
             .collect()
     } else if let Some(b64) = v.strip_prefix("0b").or_else(|| v.strip_prefix("0B")) {
         base64_decode(b64)
@@ -205,7 +210,8 @@ mod tests {
 
     #[test]
     fn parse_cases() {
-        let cases: &[(&[u8], Result<Vec<(&str, &str)>, TextError>)] = &[
+        type Case<'a> = (&'a [u8], Result<Vec<(&'a str, &'a str)>, TextError>);
+        let cases: &[Case] = &[
             (b"A=1\0B=two\0", Ok(vec![("A", "1"), ("B", "two")])),
             (b"A=\0\0\0", Ok(vec![("A", "")])),
             (b"A=x=y", Ok(vec![("A", "x=y")])),
@@ -216,16 +222,20 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = parse(input);
-            let want = want
-                .as_ref()
-                .map_err(|e| e.clone())
-                .map(|v| v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+            let want = want.as_ref().map_err(|e| e.clone()).map(|v| {
+                v.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            });
             assert_eq!(got, want, "{:?}", String::from_utf8_lossy(input));
         }
         let long_key = format!("{}=1", "K".repeat(64));
         assert_eq!(parse(long_key.as_bytes()), Err(TextError::KeyTooLong));
         let long_val = format!("K={}", "v".repeat(256));
-        assert!(matches!(parse(long_val.as_bytes()), Err(TextError::ValueTooLong { .. })));
+        assert!(matches!(
+            parse(long_val.as_bytes()),
+            Err(TextError::ValueTooLong { .. })
+        ));
     }
 
     #[test]
@@ -247,7 +257,10 @@ mod tests {
     fn assembler_and_splitter() {
         let mut a = TextAssembler::default();
         assert_eq!(a.push(b"A=", true).unwrap(), None);
-        assert_eq!(a.push(b"1\0", false).unwrap().unwrap(), Bytes::from_static(b"A=1\0"));
+        assert_eq!(
+            a.push(b"1\0", false).unwrap().unwrap(),
+            Bytes::from_static(b"A=1\0")
+        );
         let mut s = ResponseSplitter::default();
         s.start(Bytes::from_static(b"0123456789"));
         assert_eq!(s.next_piece(4), (Bytes::from_static(b"0123"), true));

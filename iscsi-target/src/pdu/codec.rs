@@ -64,7 +64,11 @@ pub fn decode(buf: &mut BytesMut, cfg: &DigestConfig) -> Result<Option<Pdu>, Pdu
     let ahs_len = usize::from(bhs[4]) * 4;
     let data_len = (usize::from(bhs[5]) << 16) | (usize::from(bhs[6]) << 8) | usize::from(bhs[7]);
     let hd_len = if cfg.header_digest { 4 } else { 0 };
-    let dd_len = if cfg.data_digest && data_len > 0 { 4 } else { 0 };
+    let dd_len = if cfg.data_digest && data_len > 0 {
+        4
+    } else {
+        0
+    };
     let header_total = BHS_LEN + ahs_len + hd_len;
 
     // Check the header digest before trusting any length in the header.
@@ -175,7 +179,9 @@ mod tests {
         let mut p = Pdu::new(Opcode::ScsiCommand);
         p.set_itt(0x1234).set_word20(4096);
         p.set_ahs(Bytes::from(vec![0xa5; ahs_words * 4]));
-        p.set_data(Bytes::from((0..data_len).map(|i| i as u8).collect::<Vec<_>>()));
+        p.set_data(Bytes::from(
+            (0..data_len).map(|i| i as u8).collect::<Vec<_>>(),
+        ));
         p
     }
 

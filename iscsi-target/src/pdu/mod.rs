@@ -205,7 +205,9 @@ impl Pdu {
 
     /// DataSegmentLength as written in the header.
     pub fn data_segment_len(&self) -> usize {
-        (usize::from(self.bhs[5]) << 16) | (usize::from(self.bhs[6]) << 8) | usize::from(self.bhs[7])
+        (usize::from(self.bhs[5]) << 16)
+            | (usize::from(self.bhs[6]) << 8)
+            | usize::from(self.bhs[7])
     }
 
     /// The 8-byte LUN field (bytes 8–15).
@@ -262,7 +264,10 @@ impl Pdu {
     /// Sets data and DataSegmentLength together.
     pub fn set_data(&mut self, data: Bytes) -> &mut Self {
         let len = data.len();
-        assert!(len < 1 << 24, "data segment of {len} bytes cannot be encoded");
+        assert!(
+            len < 1 << 24,
+            "data segment of {len} bytes cannot be encoded"
+        );
         self.bhs[5] = (len >> 16) as u8;
         self.bhs[6] = (len >> 8) as u8;
         self.bhs[7] = len as u8;
@@ -272,7 +277,7 @@ impl Pdu {
 
     /// Sets AHS and TotalAHSLength together.
     pub fn set_ahs(&mut self, ahs: Bytes) -> &mut Self {
-        assert!(ahs.len() % 4 == 0 && ahs.len() / 4 <= 255);
+        assert!(ahs.len().is_multiple_of(4) && ahs.len() / 4 <= 255);
         self.bhs[4] = (ahs.len() / 4) as u8;
         self.ahs = ahs;
         self

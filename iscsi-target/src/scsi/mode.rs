@@ -1,5 +1,5 @@
 //! MODE SENSE / MODE SELECT with the caching, control and informational
-//! exceptions pages. Only WCE is changeable; nothing can be saved.
+//! exceptions pages. Only WCE and SWP are changeable; nothing can be saved.
 
 use super::cdb::{put_be, Buf};
 use super::sense::SenseReason;
@@ -11,11 +11,17 @@ use super::ua::UaKind;
 pub struct ModeState {
     /// Write cache enabled. Off means every write is forced unit access.
     pub wce: bool,
+    /// Software write protect (control page): commands that change the
+    /// medium fail with DATA PROTECT.
+    pub swp: bool,
 }
 
 impl Default for ModeState {
     fn default() -> Self {
-        ModeState { wce: true }
+        ModeState {
+            wce: true,
+            swp: false,
+        }
     }
 }
 
@@ -27,6 +33,10 @@ const SUBPAGE_ALL: u8 = 0xff;
 /// Pages in the order MODE SENSE returns them for "all pages".
 const PAGES: &[u8] = &[PAGE_CACHING, PAGE_CONTROL, PAGE_INFORMATIONAL_EXCEPTIONS];
 const WCE: u8 = 0x04;
+/// Control page byte 4.
+const SWP: u8 = 0x08;
+/// Device-specific parameter: WP.
+const DEVICE_SPECIFIC_WP: u8 = 0x80;
 /// Device-specific parameter: DPOFUA (we honour DPO and FUA).
 const DEVICE_SPECIFIC_DPOFUA: u8 = 0x10;
 
@@ -51,7 +61,12 @@ fn page(code: u8, pc: PageControl, state: ModeState) -> Option<Vec<u8>> {
         (PAGE_CACHING, PageControl::Current) => p[2] = if state.wce { WCE } else { 0 },
         (PAGE_CACHING, PageControl::Default) => p[2] = WCE,
         // Queue algorithm modifier 1: unrestricted reordering.
-        (PAGE_CONTROL, PageControl::Current | PageControl::Default) => p[3] = 0x10,
+        (PAGE_CONTROL, PageControl::Current) => {
+            p[3] = 0x10;
+            p[4] = if state.swp { SWP } else { 0 };
+        }
+        (PAGE_CONTROL, PageControl::Default) => p[3] = 0x10,
+        (PAGE_CONTROL, PageControl::Changeable) => p[4] = SWP,
         _ => {}
     }
     Some(p)
@@ -108,18 +123,19 @@ pub fn mode_sense(ctx: &Ctx) -> CmdResult {
             put_be(&mut bd, u64::from(dev.block_size()), 3);
         }
     }
+    let device_specific = DEVICE_SPECIFIC_DPOFUA | if state.swp { DEVICE_SPECIFIC_WP } else { 0 };
     let mut out = Vec::new();
     if six {
         let len = 3 + bd.len() + pages.len();
         out.push(len.min(255) as u8);
         out.push(0);
-        out.push(DEVICE_SPECIFIC_DPOFUA);
+        out.push(device_specific);
         out.push(bd.len() as u8);
     } else {
         let len = 6 + bd.len() + pages.len();
         put_be(&mut out, len as u64, 2);
         out.push(0);
-        out.push(DEVICE_SPECIFIC_DPOFUA);
+        out.push(device_specific);
         out.push(u8::from(llbaa && !dbd));
         out.push(0);
         put_be(&mut out, bd.len() as u64, 2);
@@ -220,6 +236,9 @@ fn apply_mode_parameters(lu: &Lu, b: Buf, six: bool) -> Result<bool, SenseReason
         }
         if code == PAGE_CACHING {
             next.wce = new.get(2).is_some_and(|v| v & WCE != 0);
+        }
+        if code == PAGE_CONTROL {
+            next.swp = new.get(4).is_some_and(|v| v & SWP != 0);
         }
         off += plen;
     }

@@ -7,12 +7,16 @@ use super::target::{CmdResult, Ctx, Xfer};
 use crate::backend::ProvisioningStatus;
 use bytes::{Bytes, BytesMut};
 
-/// Largest range one UNMAP block descriptor may cover (VPD B0).
-pub const UNMAP_BLOCKS_MAX: u32 = 1 << 22;
+/// Largest range one UNMAP block descriptor may cover (VPD B0); libiscsi's
+/// BlockLimits test wants at most 1 Mi blocks.
+pub const UNMAP_BLOCKS_MAX: u32 = 1 << 20;
 /// Most block descriptors in one UNMAP parameter list (VPD B0).
 pub const UNMAP_DESCRIPTORS_MAX: u32 = 256;
-/// Largest WRITE SAME (VPD B0 MAXIMUM WRITE SAME LENGTH), in blocks.
-pub const WRITE_SAME_BLOCKS_MAX: u64 = 1 << 22;
+/// Largest WRITE SAME (VPD B0 MAXIMUM WRITE SAME LENGTH), in blocks. Kept
+/// below 64 Ki so that initiators (and libiscsi's WriteSame16.Unmap) do not
+/// pair it with single WRITEs beyond the maximum transfer length; larger
+/// discards go through UNMAP.
+pub const WRITE_SAME_BLOCKS_MAX: u64 = 0xffff;
 /// Most descriptors one GET LBA STATUS returns; the initiator asks again
 /// from where we stopped.
 pub const LBA_STATUS_DESCRIPTORS_MAX: usize = 64;

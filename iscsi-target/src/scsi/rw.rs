@@ -163,16 +163,18 @@ pub async fn compare_and_write(ctx: &Ctx<'_>) -> CmdResult {
         });
     }
     check_range(lu, lba, u64::from(blocks))?;
-    if blocks == 0 {
-        return Ok(Xfer::Out(0));
-    }
     let half = blocks as usize * lu.cfg.device.block_size() as usize;
     let needed = 2 * half;
+    // A data-out that does not match the CDB (e.g. 256 blocks, which the
+    // one-byte field encodes as 0) is refused rather than guessed at.
     if ctx.expected_len as usize != needed || ctx.data_out.len() < needed {
         return Err(SenseReason::InvalidFieldInCdb {
             byte: 13,
             bit: None,
         });
+    }
+    if blocks == 0 {
+        return Ok(Xfer::Out(0));
     }
     let compare = ctx.data_out.slice(..half);
     let write = ctx.data_out.slice(half..needed);

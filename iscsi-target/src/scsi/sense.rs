@@ -14,6 +14,7 @@ pub mod key {
     pub const HARDWARE_ERROR: u8 = 0x04;
     pub const ILLEGAL_REQUEST: u8 = 0x05;
     pub const UNIT_ATTENTION: u8 = 0x06;
+    pub const DATA_PROTECT: u8 = 0x07;
     pub const MISCOMPARE: u8 = 0x0e;
 }
 
@@ -61,6 +62,9 @@ pub enum SenseReason {
     MediumRemovalPrevented,
     #[error("internal target failure")]
     InternalTargetFailure,
+    /// Software write protect (control mode page SWP) is on.
+    #[error("logical unit software write protected")]
+    WriteProtected,
 }
 
 /// Where a sense-key-specific field pointer points.
@@ -98,6 +102,7 @@ impl SenseReason {
             InvalidReleaseOfPr => (CC, Some((key::ILLEGAL_REQUEST, 0x26, 0x04))),
             MediumRemovalPrevented => (CC, Some((key::ILLEGAL_REQUEST, 0x53, 0x02))),
             InternalTargetFailure => (CC, Some((key::HARDWARE_ERROR, 0x44, 0x00))),
+            WriteProtected => (CC, Some((key::DATA_PROTECT, 0x27, 0x02))),
         }
     }
 

@@ -242,6 +242,9 @@ impl ScsiTarget {
         }
         if let Some(lu) = lu {
             self.check_reservations(lu, nexus, spec)?;
+            if spec.writes_medium && lu.mode.lock().swp {
+                return Err(SenseReason::WriteProtected);
+            }
         }
         let ctx = Ctx {
             target: self,

@@ -237,7 +237,7 @@ fn core_commands() {
             .data("00 83 00 68 01 03 00 10 60 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 00 51 94 00 04 00 00 00 01 51 95 00 04 00 00 00 01 53 98"),
         c("VPD 86", "12 01 86 00 ff 00", GOOD).data("00 86 00 3c 00 07"),
         c("VPD b0", "12 01 b0 00 ff 00", GOOD)
-            .data("00 b0 00 3c 01 01 00 01 00 00 40 00 00 00 08 00 00 00 00 00 00 40 00 00 00 00 01 00"),
+            .data("00 b0 00 3c 01 01 00 01 00 00 40 00 00 00 08 00 00 00 00 00 00 10 00 00 00 00 01 00"),
         c("VPD b1", "12 01 b1 00 ff 00", GOOD).data("00 b1 00 3c 00 01"),
         c("VPD b2", "12 01 b2 00 ff 00", GOOD).data("00 b2 00 04 00 e4 02 00"),
         c("VPD unknown", "12 01 99 00 ff 00", INVALID_CDB),
@@ -527,6 +527,25 @@ fn mode_pages() {
         )
         .out(hex("00 00 00 08 00 00 00 00 00 00 10 00")),
         c("MODE SELECT zero length", "15 10 00 00 00 00", GOOD),
+        c("MODE SELECT SWP on", "15 10 00 00 10 00", GOOD)
+            .out(hex("00 00 00 00 0a 0a 00 10 08 00 00 00 00 00 00 00")),
+        c("WP in header", "1a 08 0a 00 ff 00", GOOD).data("0f 00 90 00 0a 0a 00 10 08"),
+        c(
+            "write protected",
+            "2a 00 00 00 00 00 00 00 01 00",
+            Want::Sense(7, 0x27, 0x02),
+        )
+        .out(fill(0, 512)),
+        c(
+            "UNMAP protected",
+            "42 00 00 00 00 00 00 00 18 00",
+            Want::Sense(7, 0x27, 0x02),
+        )
+        .out(unmap_list(&[(0, 1)])),
+        c("read allowed", "28 00 00 00 00 00 00 00 01 00", GOOD),
+        c("MODE SELECT SWP off", "15 10 00 00 10 00", GOOD)
+            .out(hex("00 00 00 00 0a 0a 00 10 00 00 00 00 00 00 00 00")),
+        c("writable", "2a 00 00 00 00 00 00 00 01 00", GOOD).out(fill(0, 512)),
     ]);
 }
 
@@ -671,6 +690,12 @@ fn provisioning_and_atomics() {
             INVALID_CDB,
         )
         .out(fill(0, 2048)),
+        c(
+            "COMPARE AND WRITE 256 blocks (field 0)",
+            "89 00 00 00 00 00 00 00 00 40 00 00 00 00 00 00",
+            INVALID_CDB,
+        )
+        .out(fill(0, 512 * 512)),
         c(
             "COMPARE AND WRITE past end",
             "89 00 00 00 00 00 00 00 08 00 00 00 00 01 00 00",

@@ -83,7 +83,11 @@ pub enum Event {
     Abort(Vec<u32>),
     /// A reset reaching beyond this connection; the driver applies it to the
     /// logical units and other sessions, then calls [`Connection::tmf_done`].
-    Reset { itt: u32, function: TmfFunction, lun: u64 },
+    Reset {
+        itt: u32,
+        function: TmfFunction,
+        lun: u64,
+    },
     /// Send what is queued, then close the connection.
     Close,
 }
@@ -195,7 +199,10 @@ impl Connection {
     /// The next PDU to send, with StatSN, ExpCmdSN and MaxCmdSN stamped now
     /// so that they are always current and in order.
     pub fn poll_transmit(&mut self) -> Option<Pdu> {
-        let mut pdu = self.control_tx.pop_front().or_else(|| self.data_tx.pop_front())?;
+        let mut pdu = self
+            .control_tx
+            .pop_front()
+            .or_else(|| self.data_tx.pop_front())?;
         let op = pdu.opcode();
         let advances = match op {
             Some(Opcode::DataIn) => pdu.flags() & 0x01 != 0,
@@ -203,7 +210,11 @@ impl Connection {
             Some(o) => o.advances_stat_sn(),
             None => false,
         };
-        let carries_stat_sn = advances || matches!(op, Some(Opcode::NopIn | Opcode::ReadyToTransfer | Opcode::AsyncMessage));
+        let carries_stat_sn = advances
+            || matches!(
+                op,
+                Some(Opcode::NopIn | Opcode::ReadyToTransfer | Opcode::AsyncMessage)
+            );
         if carries_stat_sn {
             pdu.set_word24(self.stat_sn);
         }
@@ -274,8 +285,12 @@ impl Connection {
     pub fn handle_decode_error(&mut self, err: &PduError) {
         tracing::info!(error = %err, "bad PDU; closing connection");
         match err {
-            PduError::DataDigest { header, .. } => self.reject_header(header, RejectReason::DataDigestError),
-            PduError::DataSegmentTooLong { header, .. } => self.reject_header(header, RejectReason::ProtocolError),
+            PduError::DataDigest { header, .. } => {
+                self.reject_header(header, RejectReason::DataDigestError)
+            }
+            PduError::DataSegmentTooLong { header, .. } => {
+                self.reject_header(header, RejectReason::ProtocolError)
+            }
             PduError::HeaderDigest { .. } => {}
         }
         self.close();
@@ -329,7 +344,10 @@ impl Connection {
         match &mut self.state {
             State::Closing => {}
             State::Login(login) => {
-                if pdu.opcode() == Some(Opcode::LoginRequest) && self.stat_sn == 0 && self.exp_cmd_sn == 0 {
+                if pdu.opcode() == Some(Opcode::LoginRequest)
+                    && self.stat_sn == 0
+                    && self.exp_cmd_sn == 0
+                {
                     // The first login request sets the sequence numbers.
                     self.stat_sn = pdu.exp_stat_sn();
                     self.exp_cmd_sn = pdu.cmd_sn();
@@ -405,11 +423,19 @@ impl Connection {
                 self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
                 self.dispatch(next, now);
             }
-        } else if sn_lt(self.exp_cmd_sn, sn) && sn_le(sn, self.max_cmd_sn) && self.ahead.len() < limits::CMDS_AHEAD_MAX {
+        } else if sn_lt(self.exp_cmd_sn, sn)
+            && sn_le(sn, self.max_cmd_sn)
+            && self.ahead.len() < limits::CMDS_AHEAD_MAX
+        {
             self.ahead.insert(sn, pdu);
         } else {
             // Outside the window: silently ignored (RFC 7143 §3.2.2.1).
-            tracing::debug!(cmd_sn = sn, exp = self.exp_cmd_sn, max = self.max_cmd_sn, "CmdSN outside window; ignored");
+            tracing::debug!(
+                cmd_sn = sn,
+                exp = self.exp_cmd_sn,
+                max = self.max_cmd_sn,
+                "CmdSN outside window; ignored"
+            );
         }
     }
 
@@ -462,7 +488,11 @@ impl Connection {
         };
         let lun = decode_lun(pdu.lun_field());
         let immediate_len = pdu.data.len() as u32;
-        if immediate_len > 0 && (!write || !self.params.immediate_data || immediate_len > edtl.min(self.params.first_burst_len)) {
+        if immediate_len > 0
+            && (!write
+                || !self.params.immediate_data
+                || immediate_len > edtl.min(self.params.first_burst_len))
+        {
             return self.reject(&pdu, RejectReason::ProtocolError);
         }
         if !pdu.final_bit() && (!write || self.params.initial_r2t) {
@@ -505,7 +535,9 @@ impl Connection {
 
     /// Sends R2Ts or starts execution once a task has all its data.
     fn advance_task(&mut self, itt: u32) {
-        let Some(task) = self.tasks.get_mut(&itt) else { return };
+        let Some(task) = self.tasks.get_mut(&itt) else {
+            return;
+        };
         if task.data_complete() {
             if let Some(request) = task.start() {
                 self.events.push_back(Event::Execute { itt, request });
@@ -544,7 +576,13 @@ impl Connection {
         let Some(task) = self.tasks.get_mut(&itt) else {
             return self.reject(&pdu, RejectReason::InvalidPduField);
         };
-        match task.data_out(pdu.ttt(), pdu.buffer_offset(), pdu.data_sn(), &pdu.data, pdu.final_bit()) {
+        match task.data_out(
+            pdu.ttt(),
+            pdu.buffer_offset(),
+            pdu.data_sn(),
+            &pdu.data,
+            pdu.final_bit(),
+        ) {
             DataOutcome::Accepted => self.advance_task(itt),
             DataOutcome::Protocol => {
                 // ERL 0 cannot recover the sequence, but the connection can
@@ -562,8 +600,11 @@ impl Connection {
     /// Reports the result of an [`Event::Execute`]. Results for tasks that
     /// were aborted meanwhile are dropped.
     pub fn complete(&mut self, itt: u32, resp: ScsiResponse, now: Instant) {
-        let Some(task) = self.tasks.remove(&itt) else { return };
-        self.window.completed(now.saturating_duration_since(task.started));
+        let Some(task) = self.tasks.remove(&itt) else {
+            return;
+        };
+        self.window
+            .completed(now.saturating_duration_since(task.started));
         let r2ts = task.r2t_count();
         self.send_response(itt, task.lun_field, &resp, r2ts);
     }
@@ -654,9 +695,15 @@ impl Connection {
             self.events.push_back(Event::Abort(itts));
         }
         let keep_ahead = |p: &Pdu| {
-            p.opcode() != Some(Opcode::ScsiCommand) || lun.is_some_and(|l| decode_lun(p.lun_field()) != l)
+            p.opcode() != Some(Opcode::ScsiCommand)
+                || lun.is_some_and(|l| decode_lun(p.lun_field()) != l)
         };
-        let drop: Vec<u32> = self.ahead.iter().filter(|(_, p)| !keep_ahead(p)).map(|(sn, _)| *sn).collect();
+        let drop: Vec<u32> = self
+            .ahead
+            .iter()
+            .filter(|(_, p)| !keep_ahead(p))
+            .map(|(sn, _)| *sn)
+            .collect();
         for sn in drop {
             self.ahead.remove(&sn);
         }
@@ -677,7 +724,11 @@ impl Connection {
                     self.tmf_response(itt, TmfResponse::FunctionComplete);
                 } else {
                     let ref_sn = pdu.word32();
-                    let queued = self.ahead.iter().find(|(_, p)| p.itt() == rtt).map(|(sn, _)| *sn);
+                    let queued = self
+                        .ahead
+                        .iter()
+                        .find(|(_, p)| p.itt() == rtt)
+                        .map(|(sn, _)| *sn);
                     if let Some(sn) = queued {
                         self.ahead.remove(&sn);
                         self.tmf_response(itt, TmfResponse::FunctionComplete);
@@ -697,7 +748,11 @@ impl Connection {
             | TmfFunction::LogicalUnitReset
             | TmfFunction::TargetWarmReset
             | TmfFunction::TargetColdReset => {
-                let scope = matches!(function, TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset).then_some(lun);
+                let scope = matches!(
+                    function,
+                    TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset
+                )
+                .then_some(lun);
                 self.abort_tasks(scope);
                 self.events.push_back(Event::Reset { itt, function, lun });
             }
@@ -705,10 +760,13 @@ impl Connection {
                 self.abort_tasks(None);
                 self.tmf_response(itt, TmfResponse::FunctionComplete);
             }
-            TmfFunction::TaskReassign => self.tmf_response(itt, TmfResponse::AllegianceReassignmentNotSupported),
-            TmfFunction::ClearAca | TmfFunction::QueryTask | TmfFunction::QueryTaskSet | TmfFunction::QueryAsyncEvent => {
-                self.tmf_response(itt, TmfResponse::NotSupported)
+            TmfFunction::TaskReassign => {
+                self.tmf_response(itt, TmfResponse::AllegianceReassignmentNotSupported)
             }
+            TmfFunction::ClearAca
+            | TmfFunction::QueryTask
+            | TmfFunction::QueryTaskSet
+            | TmfFunction::QueryAsyncEvent => self.tmf_response(itt, TmfResponse::NotSupported),
         }
     }
 
@@ -728,7 +786,10 @@ impl Connection {
                 let ttt = self.alloc_ttt();
                 self.text_ttt = ttt;
                 let mut p = Pdu::new(Opcode::TextResponse);
-                p.set_flags(0).set_lun_field(pdu.lun_field()).set_itt(itt).set_word20(ttt);
+                p.set_flags(0)
+                    .set_lun_field(pdu.lun_field())
+                    .set_itt(itt)
+                    .set_word20(ttt);
                 self.control_tx.push_back(p);
                 return;
             }
@@ -751,7 +812,8 @@ impl Connection {
             match neg.respond(&rest, Phase::FullFeature) {
                 Ok(keys) => {
                     out.extend(keys);
-                    self.params.initiator_max_recv_data_segment_len = neg.params.initiator_max_recv_data_segment_len;
+                    self.params.initiator_max_recv_data_segment_len =
+                        neg.params.initiator_max_recv_data_segment_len;
                 }
                 Err(_) => return self.reject(&pdu, RejectReason::ProtocolError),
             }
@@ -786,11 +848,17 @@ impl Connection {
             let wanted = match self.session_type {
                 SessionType::Discovery => which == "All" || which == name,
                 // A normal session learns only about its own target.
-                SessionType::Normal => (which.is_empty() || which == name) && name == self.target_name,
+                SessionType::Normal => {
+                    (which.is_empty() || which == name) && name == self.target_name
+                }
             };
             if wanted {
                 out.push(("TargetName".to_string(), name));
-                out.extend(portals.into_iter().map(|a| ("TargetAddress".to_string(), a)));
+                out.extend(
+                    portals
+                        .into_iter()
+                        .map(|a| ("TargetAddress".to_string(), a)),
+                );
             }
         }
         out
@@ -873,6 +941,6 @@ pub fn encode_lun(lun: u64) -> u64 {
     if lun < 256 {
         lun << 48
     } else {
-        ((0x4000 | (lun & 0x3fff)) as u64) << 48
+        (0x4000 | (lun & 0x3fff)) << 48
     }
 }

@@ -44,7 +44,11 @@ pub enum DataOutcome {
 
 impl Task {
     pub fn new(lun_field: u64, request: ScsiRequest, unsolicited_len: u32, now: Instant) -> Self {
-        let expected = if request.write { request.expected_len } else { 0 };
+        let expected = if request.write {
+            request.expected_len
+        } else {
+            0
+        };
         Task {
             lun_field,
             started: now,
@@ -62,14 +66,13 @@ impl Task {
     }
 
     pub fn lun(&self) -> u64 {
-        self.request
-            .as_ref()
-            .map(|r| r.lun)
-            .unwrap_or(u64::MAX)
+        self.request.as_ref().map(|r| r.lun).unwrap_or(u64::MAX)
     }
 
     fn put(&mut self, offset: u32, data: &[u8]) -> bool {
-        let Some(end) = offset.checked_add(data.len() as u32) else { return false };
+        let Some(end) = offset.checked_add(data.len() as u32) else {
+            return false;
+        };
         // In-order data only: each PDU continues where the last one ended.
         if offset != self.received || end > self.expected {
             return false;
@@ -89,7 +92,11 @@ impl Task {
         if self.received >= self.unsolicited_len {
             self.unsolicited_open = false;
         }
-        self.solicited_to = self.received.max(if self.unsolicited_open { self.unsolicited_len } else { 0 });
+        self.solicited_to = self.received.max(if self.unsolicited_open {
+            self.unsolicited_len
+        } else {
+            0
+        });
     }
 
     /// The command's F bit: no unsolicited Data-Out will follow.
@@ -148,13 +155,25 @@ impl Task {
     }
 
     /// One Data-Out PDU.
-    pub fn data_out(&mut self, ttt: u32, offset: u32, data_sn: u32, data: &[u8], final_bit: bool) -> DataOutcome {
+    pub fn data_out(
+        &mut self,
+        ttt: u32,
+        offset: u32,
+        data_sn: u32,
+        data: &[u8],
+        final_bit: bool,
+    ) -> DataOutcome {
         if self.running() {
             return DataOutcome::Protocol;
         }
         if ttt == RESERVED_TAG {
-            let Some(end) = offset.checked_add(data.len() as u32) else { return DataOutcome::Protocol };
-            if !self.unsolicited_open || end > self.unsolicited_len || data_sn != self.unsolicited_data_sn {
+            let Some(end) = offset.checked_add(data.len() as u32) else {
+                return DataOutcome::Protocol;
+            };
+            if !self.unsolicited_open
+                || end > self.unsolicited_len
+                || data_sn != self.unsolicited_data_sn
+            {
                 return DataOutcome::Protocol;
             }
             if !self.put(offset, data) {
@@ -172,7 +191,10 @@ impl Task {
         };
         let r = &self.r2ts[i];
         let end = offset as u64 + data.len() as u64;
-        if offset < r.offset || end > u64::from(r.offset) + u64::from(r.len) || data_sn != r.next_data_sn {
+        if offset < r.offset
+            || end > u64::from(r.offset) + u64::from(r.len)
+            || data_sn != r.next_data_sn
+        {
             return DataOutcome::Protocol;
         }
         if !self.put(offset, data) {

@@ -42,7 +42,7 @@ impl CommandWindow {
             }
         } else {
             self.slow_since_change += 1;
-            if self.slow_since_change >= self.size / 4 + 1 {
+            if self.slow_since_change > self.size / 4 {
                 self.size = (self.size / 2).max(CMD_WINDOW_MIN);
                 self.fast_since_change = 0;
                 self.slow_since_change = 0;
