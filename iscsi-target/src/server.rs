@@ -62,6 +62,9 @@ pub async fn serve(
     .await;
 }
 
+/// Bytes read from the socket at a time.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
 /// A SCSI command's result, or its panic turned into an error status.
 type Completion = (u32, ScsiResponse);
 
@@ -135,7 +138,7 @@ async fn run_connection(
         closing: false,
     };
     let mut rng = rand::rngs::StdRng::from_os_rng();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
     while !d.closing {
         if d.flush().await.is_err() {
             break;
@@ -144,6 +147,8 @@ async fn run_connection(
             break;
         }
         let deadline = d.conn.poll_timeout().map(tokio::time::Instant::from_std);
+        // Without spare capacity read_buf would grow the buffer 64 bytes at a time.
+        buf.reserve(READ_BUFFER_BYTES);
         tokio::select! {
             n = rd.read_buf(&mut buf) => {
                 match n {
