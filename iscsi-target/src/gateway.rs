@@ -28,6 +28,7 @@ pub enum SessionControl {
 
 struct SessionEntry {
     nexus: ItNexus,
+    tsih: u16,
     control: mpsc::UnboundedSender<SessionControl>,
 }
 
@@ -88,7 +89,12 @@ impl Gateway {
 
     /// Registers a session that reached full feature phase, closing any older
     /// session of the same I_T nexus (session reinstatement, RFC 7143 §6.3.5).
-    pub fn register(&self, nexus: ItNexus, control: mpsc::UnboundedSender<SessionControl>) -> u64 {
+    pub fn register(
+        &self,
+        nexus: ItNexus,
+        tsih: u16,
+        control: mpsc::UnboundedSender<SessionControl>,
+    ) -> u64 {
         let id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
         let mut sessions = self.sessions.lock();
         let old: Vec<u64> = sessions
@@ -102,7 +108,14 @@ impl Gateway {
                 let _ = e.control.send(SessionControl::Close);
             }
         }
-        sessions.insert(id, SessionEntry { nexus, control });
+        sessions.insert(
+            id,
+            SessionEntry {
+                nexus,
+                tsih,
+                control,
+            },
+        );
         id
     }
 
@@ -128,6 +141,13 @@ impl Gateway {
 }
 
 impl Directory for Gateway {
+    fn session_exists(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> bool {
+        self.sessions
+            .lock()
+            .values()
+            .any(|e| e.tsih == tsih && e.nexus.isid == isid && e.nexus.initiator_name == initiator)
+    }
+
     fn target(&self, name: &str) -> Option<TargetAuth> {
         self.targets.get(name).map(|t| t.auth.clone())
     }

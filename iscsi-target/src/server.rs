@@ -269,10 +269,11 @@ impl Driver {
                             .gateway
                             .target(&outcome.target_name)
                             .map(|t| t.scsi.clone());
-                        self.session_id = Some(
-                            self.gateway
-                                .register(nexus.clone(), self.control_tx.clone()),
-                        );
+                        self.session_id = Some(self.gateway.register(
+                            nexus.clone(),
+                            outcome.tsih,
+                            self.control_tx.clone(),
+                        ));
                         self.nexus = Some(nexus);
                     }
                 }

@@ -28,11 +28,19 @@ const ILLEGAL_REQUEST: u8 = 0x05;
 /// Asserts `p` is a Reject with `reason` whose data segment is `header`
 /// (RFC 7143 §11.17: the complete header of the bad PDU).
 fn assert_reject(p: &Pdu, reason: u8, header: &[u8]) {
-    assert_eq!(p.opcode(), Some(Opcode::Reject), "expected a Reject, got {p:?}");
+    assert_eq!(
+        p.opcode(),
+        Some(Opcode::Reject),
+        "expected a Reject, got {p:?}"
+    );
     assert_eq!(p.flags(), 0x80, "Reject flags");
     assert_eq!(p.bhs[2], reason, "Reject reason");
     assert_eq!(p.itt(), RESERVED_TAG, "Reject ITT");
-    assert_eq!(&p.data[..], header, "Reject must carry the rejected PDU's header");
+    assert_eq!(
+        &p.data[..],
+        header,
+        "Reject must carry the rejected PDU's header"
+    );
 }
 
 fn recv(c: &mut Client, what: &str) -> Pdu {
@@ -53,9 +61,17 @@ fn nop_out(c: &Client, itt: u32, data: &[u8]) -> Pdu {
 }
 
 fn assert_nop_in_echo(p: &Pdu, itt: u32, data: &[u8]) {
-    assert_eq!(p.opcode(), Some(Opcode::NopIn), "expected NOP-In, got {p:?}");
+    assert_eq!(
+        p.opcode(),
+        Some(Opcode::NopIn),
+        "expected NOP-In, got {p:?}"
+    );
     assert_eq!(p.itt(), itt, "NOP-In must echo the ITT");
-    assert_eq!(p.ttt(), RESERVED_TAG, "NOP-In answering a ping has TTT 0xffffffff");
+    assert_eq!(
+        p.ttt(),
+        RESERVED_TAG,
+        "NOP-In answering a ping has TTT 0xffffffff"
+    );
     assert_eq!(&p.data[..], data, "NOP-In must echo the ping data");
 }
 
@@ -79,7 +95,14 @@ fn truncated_data_segment_then_eof_closes_connection() {
     let mut c = f.client("truncated-data", 1);
     let data = pattern(1, 8);
     let itt = c.alloc_itt();
-    let cmd = c.scsi_pdu(itt, &write10_cdb(3000, 8), false, true, data.len() as u32, &data);
+    let cmd = c.scsi_pdu(
+        itt,
+        &write10_cdb(3000, 8),
+        false,
+        true,
+        data.len() as u32,
+        &data,
+    );
     let wire = c.wire(&cmd);
     assert_eq!(wire.len(), 48 + 4096);
     c.send_raw(&wire[..48 + 2048]);
@@ -89,7 +112,10 @@ fn truncated_data_segment_then_eof_closes_connection() {
     // The half-received WRITE never reached the LUN.
     let r = f.bystander.read10(3000, 8);
     assert_eq!(r.status, 0);
-    assert!(r.data.iter().all(|&b| b == 0), "a truncated WRITE changed the LUN");
+    assert!(
+        r.data.iter().all(|&b| b == 0),
+        "a truncated WRITE changed the LUN"
+    );
 }
 
 #[test]
@@ -140,7 +166,14 @@ fn bad_data_digest_on_immediate_data_is_rejected_then_closed() {
     c.write_read_check(5000, 8, 5);
     let data = pattern(6, 8);
     let itt = c.alloc_itt();
-    let cmd = c.scsi_pdu(itt, &write10_cdb(20_000, 8), false, true, data.len() as u32, &data);
+    let cmd = c.scsi_pdu(
+        itt,
+        &write10_cdb(20_000, 8),
+        false,
+        true,
+        data.len() as u32,
+        &data,
+    );
     let mut wire = c.wire(&cmd).to_vec();
     assert_eq!(wire.len(), 48 + 4 + 4096 + 4);
     let last = wire.len() - 1;
@@ -152,7 +185,10 @@ fn bad_data_digest_on_immediate_data_is_rejected_then_closed() {
     f.assert_still_serving();
     let r = f.bystander.read10(20_000, 8);
     assert_eq!(r.status, 0);
-    assert!(r.data.iter().all(|&b| b == 0), "a WRITE with a bad data digest changed the LUN");
+    assert!(
+        r.data.iter().all(|&b| b == 0),
+        "a WRITE with a bad data digest changed the LUN"
+    );
 }
 
 // ---------------------------------------------------------------- login
@@ -163,7 +199,10 @@ fn after_security(f: &Fixture, name: &str) -> Client {
     let mut c = Client::connect(&f.gw);
     c.isid = LoginOptions::new(name, 1).isid;
     let security = text::encode(&[
-        ("InitiatorName", format!("iqn.2026-11.org.weft.test:{name}").as_str()),
+        (
+            "InitiatorName",
+            format!("iqn.2026-11.org.weft.test:{name}").as_str(),
+        ),
         ("TargetName", TARGET_IQN),
         ("SessionType", "Normal"),
         ("AuthMethod", "None"),
@@ -192,7 +231,11 @@ fn illegal_key_values_are_answered_with_reject_or_not_understood() {
         let resp = operational(&mut c, text::encode(&[(*k, *v)]));
         assert_eq!(login_status(&resp), 0, "{k}={v}: the login goes on");
         assert_eq!(key(&keys(&resp), k), Some(*want), "{k}={v}");
-        assert_eq!(resp.flags() & 0x8f, 0x87, "{k}={v}: login still reaches full feature phase");
+        assert_eq!(
+            resp.flags() & 0x8f,
+            0x87,
+            "{k}={v}: login still reaches full feature phase"
+        );
     }
     f.assert_still_serving();
 }
@@ -202,7 +245,10 @@ fn malformed_login_text_fails_with_initiator_error() {
     let mut f = Fixture::start();
     let cases: &[(&str, &[u8])] = &[
         ("key without '='", b"MaxBurstLength\0"),
-        ("duplicate key", b"MaxBurstLength=65536\0MaxBurstLength=131072\0"),
+        (
+            "duplicate key",
+            b"MaxBurstLength=65536\0MaxBurstLength=131072\0",
+        ),
     ];
     for (i, (what, data)) in cases.iter().enumerate() {
         let mut c = after_security(&f, &format!("bad-text-{i}"));
@@ -230,7 +276,11 @@ fn login_fails(f: &Fixture, what: &str, req: Pdu, status: u16) {
     let mut c = Client::connect(&f.gw);
     c.send(&req);
     let resp = recv(&mut c, what);
-    assert_eq!(resp.opcode(), Some(Opcode::LoginResponse), "{what}: {resp:?}");
+    assert_eq!(
+        resp.opcode(),
+        Some(Opcode::LoginResponse),
+        "{what}: {resp:?}"
+    );
     assert_eq!(login_status(&resp), status, "{what}");
     assert_eq!(resp.itt(), req.itt(), "{what}: ITT echoed");
     c.expect_closed(what);
@@ -251,8 +301,19 @@ fn logins_out_of_order_or_invalid_fail_with_the_rfc_status() {
     ]);
     c.send(&login_request(0x04, isid, 0, 1, 0, no_auth));
     let resp = recv(&mut c, "CSG=1 first");
-    assert_eq!(login_status(&resp), 0, "starting in the operational stage is allowed");
-    let back = login_request(0x81, isid, 0, 1, c.exp_stat_sn, text::encode(&[("AuthMethod", "None")]));
+    assert_eq!(
+        login_status(&resp),
+        0,
+        "starting in the operational stage is allowed"
+    );
+    let back = login_request(
+        0x81,
+        isid,
+        0,
+        1,
+        c.exp_stat_sn,
+        text::encode(&[("AuthMethod", "None")]),
+    );
     c.send(&back);
     let resp = recv(&mut c, "CSG=0 after CSG=1");
     assert_eq!(resp.opcode(), Some(Opcode::LoginResponse));
@@ -260,20 +321,43 @@ fn logins_out_of_order_or_invalid_fail_with_the_rfc_status() {
     c.expect_closed("CSG going backwards");
 
     // T and C both set.
-    login_fails(&f, "T and C", login_request(0xc1, isid, 0, 1, 0, good()), INITIATOR_ERROR);
+    login_fails(
+        &f,
+        "T and C",
+        login_request(0xc1, isid, 0, 1, 0, good()),
+        INITIATOR_ERROR,
+    );
     // NSG=2 (reserved stage).
-    login_fails(&f, "NSG=2", login_request(0x82, isid, 0, 1, 0, good()), INITIATOR_ERROR);
+    login_fails(
+        &f,
+        "NSG=2",
+        login_request(0x82, isid, 0, 1, 0, good()),
+        INITIATOR_ERROR,
+    );
     // Version-min 1 (and version-max 1): RFC 7143 is version 0.
     let mut v = login_request(0x81, isid, 0, 1, 0, good());
     v.bhs[2] = 1;
     v.bhs[3] = 1;
     login_fails(&f, "version-min 1", v, UNSUPPORTED_VERSION);
     // A target this gateway does not serve.
-    let unknown = first_login_text(Some("iqn.2026-11.org.weft.test:order"), "iqn.2026-11.org.weft:nosuch");
-    login_fails(&f, "unknown target", login_request(0x81, isid, 0, 1, 0, unknown), NOT_FOUND);
+    let unknown = first_login_text(
+        Some("iqn.2026-11.org.weft.test:order"),
+        "iqn.2026-11.org.weft:nosuch",
+    );
+    login_fails(
+        &f,
+        "unknown target",
+        login_request(0x81, isid, 0, 1, 0, unknown),
+        NOT_FOUND,
+    );
     // No InitiatorName.
     let anonymous = first_login_text(None, TARGET_IQN);
-    login_fails(&f, "missing InitiatorName", login_request(0x81, isid, 0, 1, 0, anonymous), MISSING_PARAMETER);
+    login_fails(
+        &f,
+        "missing InitiatorName",
+        login_request(0x81, isid, 0, 1, 0, anonymous),
+        MISSING_PARAMETER,
+    );
 
     f.assert_still_serving();
 }
@@ -313,7 +397,11 @@ fn out_of_window_cmd_sn_is_silently_ignored() {
     // The next in-window command is answered normally.
     c.cmd_sn = exp;
     assert_eq!(c.test_unit_ready().status, 0);
-    assert_eq!(c.exp_cmd_sn, exp.wrapping_add(1), "ignored commands must not advance ExpCmdSN");
+    assert_eq!(
+        c.exp_cmd_sn,
+        exp.wrapping_add(1),
+        "ignored commands must not advance ExpCmdSN"
+    );
     c.write_read_check(6000, 8, 7);
     f.assert_still_serving();
 }
@@ -325,14 +413,22 @@ fn cdbs_with_bad_fields_get_check_condition() {
 
     let r = c.scsi(&cdb16(&[0xff]), 0, &[]);
     assert_eq!(r.status, CHECK_CONDITION, "opcode 0xFF");
-    assert_eq!(r.key_asc_ascq(), Some((ILLEGAL_REQUEST, 0x20, 0x00)), "INVALID COMMAND OPERATION CODE");
+    assert_eq!(
+        r.key_asc_ascq(),
+        Some((ILLEGAL_REQUEST, 0x20, 0x00)),
+        "INVALID COMMAND OPERATION CODE"
+    );
 
     let last = (LUN_BLOCKS - 1) as u32;
     assert_eq!(c.read10(last, 1).status, 0, "the last block is readable");
     for (lba, blocks) in [(last + 1, 1u16), (last, 2)] {
         let r = c.read10(lba, blocks);
         assert_eq!(r.status, CHECK_CONDITION, "READ(10) LBA {lba} x {blocks}");
-        assert_eq!(r.key_asc_ascq(), Some((ILLEGAL_REQUEST, 0x21, 0x00)), "LBA OUT OF RANGE");
+        assert_eq!(
+            r.key_asc_ascq(),
+            Some((ILLEGAL_REQUEST, 0x21, 0x00)),
+            "LBA OUT OF RANGE"
+        );
         assert!(r.data.is_empty());
     }
 
@@ -340,13 +436,29 @@ fn cdbs_with_bad_fields_get_check_condition() {
     assert_eq!(ok.status, 0, "standard INQUIRY");
     let r = c.scsi(&cdb16(&[0x12, 0x00, 0x80, 0x00, 0xff, 0x00]), 255, &[]);
     assert_eq!(r.status, CHECK_CONDITION, "INQUIRY EVPD=0 page 0x80");
-    assert_eq!(r.key_asc_ascq(), Some((ILLEGAL_REQUEST, 0x24, 0x00)), "INVALID FIELD IN CDB");
+    assert_eq!(
+        r.key_asc_ascq(),
+        Some((ILLEGAL_REQUEST, 0x24, 0x00)),
+        "INVALID FIELD IN CDB"
+    );
     let s = r.sense.unwrap();
-    assert!(s.len() >= 18, "sense of {} bytes has no sense-key-specific field", s.len());
+    assert!(
+        s.len() >= 18,
+        "sense of {} bytes has no sense-key-specific field",
+        s.len()
+    );
     assert_eq!(s[0] & 0x7f, 0x70, "fixed format, current error");
     assert_eq!(s[15] & 0xc0, 0xc0, "SKSV and C/D (error in the CDB)");
-    assert_eq!(u16::from_be_bytes([s[16], s[17]]), 2, "field pointer: CDB byte 2");
-    assert_eq!(s[15] & 0x0f, 0x0f, "BPV with bit pointer 7 (the page code's top bit)");
+    assert_eq!(
+        u16::from_be_bytes([s[16], s[17]]),
+        2,
+        "field pointer: CDB byte 2"
+    );
+    assert_eq!(
+        s[15] & 0x0f,
+        0x0f,
+        "BPV with bit pointer 7 (the page code's top bit)"
+    );
 
     c.write_read_check(7000, 8, 8);
     f.assert_still_serving();
@@ -359,15 +471,27 @@ fn snack_at_erl0_and_target_opcodes_are_rejected() {
 
     // Data/R2T SNACK (type 0): ErrorRecoveryLevel 0 was negotiated.
     let mut snack = Pdu::new(Opcode::SnackRequest);
-    snack.set_flags(0x80).set_itt(0x200).set_word20(RESERVED_TAG).set_word28(c.exp_stat_sn);
+    snack
+        .set_flags(0x80)
+        .set_itt(0x200)
+        .set_word20(RESERVED_TAG)
+        .set_word28(c.exp_stat_sn);
     c.send(&snack);
     let p = recv(&mut c, "SNACK at ERL 0");
     assert_reject(&p, REJECT_PROTOCOL_ERROR, &snack.bhs);
-    assert_eq!(c.test_unit_ready().status, 0, "the connection lives on after the Reject");
+    assert_eq!(
+        c.test_unit_ready().status,
+        0,
+        "the connection lives on after the Reject"
+    );
 
     // A SCSI Response (0x21) is a target opcode.
     let mut bogus = Pdu::new(Opcode::ScsiResponse);
-    bogus.set_flags(0x80).set_itt(0x201).set_word24(c.cmd_sn).set_word28(c.exp_stat_sn);
+    bogus
+        .set_flags(0x80)
+        .set_itt(0x201)
+        .set_word24(c.cmd_sn)
+        .set_word28(c.exp_stat_sn);
     assert_eq!(bogus.bhs[0], 0x21);
     c.send(&bogus);
     let p = recv(&mut c, "target opcode 0x21 from the initiator");
@@ -387,7 +511,14 @@ fn nop_out_is_answered_while_a_large_read_is_outstanding() {
     assert_eq!((w.status, w.sense), (0, None), "8 MiB WRITE(10) with R2Ts");
 
     let read_itt = c.alloc_itt();
-    let read = c.scsi_pdu(read_itt, &read10_cdb(30_000, BLOCKS), true, false, data.len() as u32, &[]);
+    let read = c.scsi_pdu(
+        read_itt,
+        &read10_cdb(30_000, BLOCKS),
+        true,
+        false,
+        data.len() as u32,
+        &[],
+    );
     let ping_data = b"ping payload of 23 byte";
     let ping = nop_out(&c, 0xabc, ping_data);
     // Both in one write: the ping arrives while the READ is running.
@@ -456,7 +587,10 @@ fn twenty_concurrent_sessions_keep_their_data_apart() {
     for i in 0..SESSIONS {
         let r = f.bystander.read10(lba(i), BLOCKS as u16);
         assert_eq!(r.status, 0);
-        assert!(r.data == pattern(100 + u32::from(i) * 10 + 2, BLOCKS), "session {i}'s range");
+        assert!(
+            r.data == pattern(100 + u32::from(i) * 10 + 2, BLOCKS),
+            "session {i}'s range"
+        );
     }
     f.assert_still_serving();
 }

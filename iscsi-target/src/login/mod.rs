@@ -35,6 +35,9 @@ pub trait Directory: Send + Sync {
     /// Targets `initiator` may see, each with its portals as
     /// `TargetAddress` values (`ip:port,tpgt`).
     fn send_targets(&self, initiator: &str) -> Vec<(String, Vec<String>)>;
+    /// Whether a session with this TSIH exists for this initiator port (a
+    /// login with a non-zero TSIH continues an existing session).
+    fn session_exists(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> bool;
 }
 
 /// Login status classes and details (RFC 7143 §11.13.5).
@@ -383,6 +386,14 @@ impl Login {
         let initiator_name = get(pairs, "InitiatorName").ok_or(LoginStatus::MissingParameter)?;
         if initiator_name.is_empty() {
             return Err(LoginStatus::MissingParameter);
+        }
+        if tsih != 0 {
+            // With one connection per session, a non-zero TSIH can only
+            // reinstate the connection of a session that still exists.
+            if !self.directory.session_exists(initiator_name, isid, tsih) {
+                return Err(LoginStatus::SessionDoesNotExist);
+            }
+            self.tsih = tsih;
         }
         self.session_type = match get(pairs, "SessionType").unwrap_or("Normal") {
             "Normal" => SessionType::Normal,

@@ -25,6 +25,9 @@ impl Directory for Dir {
     fn send_targets(&self, _: &str) -> Vec<(String, Vec<String>)> {
         vec![]
     }
+    fn session_exists(&self, _: &str, _: [u8; 6], tsih: u16) -> bool {
+        tsih == 77
+    }
 }
 
 struct FixedRng;
@@ -275,6 +278,27 @@ fn failures() {
     let mut p = req(0, 1, true, &[]);
     p.set_data(bytes::Bytes::from_static(b"InitiatorName\0"));
     expect_fail(&mut plain(), p, LoginStatus::InitiatorError);
+}
+
+#[test]
+fn non_zero_tsih_must_name_a_live_session() {
+    let plain = || {
+        login(Dir {
+            chap: ChapConfig::default(),
+            acl: vec![],
+        })
+    };
+    let mut p = req(0, 1, true, FIRST);
+    p.bhs[14..16].copy_from_slice(&5u16.to_be_bytes());
+    expect_fail(&mut plain(), p, LoginStatus::SessionDoesNotExist);
+    let mut l = plain();
+    let mut p = req(0, 3, true, FIRST);
+    p.bhs[14..16].copy_from_slice(&77u16.to_be_bytes());
+    let LoginStep::Complete(r, outcome) = l.handle(&p, &mut FixedRng) else {
+        panic!()
+    };
+    assert_eq!(outcome.tsih, 77, "the session keeps its TSIH");
+    assert_eq!(u16::from_be_bytes([r.bhs[14], r.bhs[15]]), 77);
 }
 
 #[test]

@@ -29,6 +29,9 @@ impl Directory for Dir {
             ("iqn.u".into(), vec!["127.0.0.1:3260,1".into()]),
         ]
     }
+    fn session_exists(&self, _: &str, _: [u8; 6], _: u16) -> bool {
+        false
+    }
 }
 
 struct Rng0;

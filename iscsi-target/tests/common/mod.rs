@@ -37,11 +37,22 @@ impl Gateway {
     /// portal accepts connections.
     pub fn start() -> Gateway {
         for _attempt in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let log = std::env::var_os("WEFT_TEST_LOG").is_some();
             let child = Command::new(env!("CARGO_BIN_EXE_weft-gateway"))
-                .args(["--portal", &addr.to_string(), "--iqn", TARGET_IQN, "--lun", "ram:64M"])
+                .args([
+                    "--portal",
+                    &addr.to_string(),
+                    "--iqn",
+                    TARGET_IQN,
+                    "--lun",
+                    "ram:64M",
+                ])
                 .env("RUST_LOG", if log { "debug" } else { "warn" })
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -184,7 +195,14 @@ pub fn pattern(seed: u32, blocks: usize) -> Vec<u8> {
 }
 
 /// A Login Request PDU (always immediate, RFC 7143 §11.12).
-pub fn login_request(flags: u8, isid: [u8; 6], tsih: u16, cmd_sn: u32, exp_stat_sn: u32, text: Bytes) -> Pdu {
+pub fn login_request(
+    flags: u8,
+    isid: [u8; 6],
+    tsih: u16,
+    cmd_sn: u32,
+    exp_stat_sn: u32,
+    text: Bytes,
+) -> Pdu {
     let mut p = Pdu::new(Opcode::LoginRequest);
     p.bhs[0] |= 0x40;
     p.set_flags(flags);
@@ -208,7 +226,10 @@ pub fn keys(p: &Pdu) -> Vec<(String, String)> {
 }
 
 pub fn key<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 impl Client {
@@ -245,7 +266,11 @@ impl Client {
         // T=1, CSG=0 (security), NSG=1 (operational).
         let resp = c.login_exchange(0x81, security);
         assert_eq!(login_status(&resp), 0, "security stage failed");
-        assert_eq!(resp.flags() & 0x83, 0x81, "target did not move to the operational stage");
+        assert_eq!(
+            resp.flags() & 0x83,
+            0x81,
+            "target did not move to the operational stage"
+        );
         assert_eq!(key(&keys(&resp), "AuthMethod"), Some("None"));
         let digest = |on: bool| if on { "CRC32C" } else { "None" };
         let mrdsl = MRDSL_BYTES.to_string();
@@ -263,9 +288,16 @@ impl Client {
         // T=1, CSG=1 (operational), NSG=3 (full feature).
         let resp = c.login_exchange(0x87, operational);
         assert_eq!(login_status(&resp), 0, "operational stage failed");
-        assert_eq!(resp.flags() & 0x8f, 0x87, "target did not move to full feature phase");
+        assert_eq!(
+            resp.flags() & 0x8f,
+            0x87,
+            "target did not move to full feature phase"
+        );
         let pairs = keys(&resp);
-        assert_eq!(key(&pairs, "HeaderDigest"), Some(digest(opts.header_digest)));
+        assert_eq!(
+            key(&pairs, "HeaderDigest"),
+            Some(digest(opts.header_digest))
+        );
         assert_eq!(key(&pairs, "DataDigest"), Some(digest(opts.data_digest)));
         assert_eq!(key(&pairs, "InitialR2T"), Some("No"));
         assert_eq!(key(&pairs, "ImmediateData"), Some("Yes"));
@@ -336,10 +368,20 @@ impl Client {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(RecvError::Closed),
                 Ok(n) => self.rx.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(RecvError::Timeout)
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+                {
                     return Err(RecvError::Closed)
                 }
                 Err(e) => return Err(RecvError::Io(e)),
@@ -381,7 +423,15 @@ impl Client {
     }
 
     /// A SCSI Command PDU (not yet sent); takes the next CmdSN.
-    pub fn scsi_pdu(&mut self, itt: u32, cdb: &[u8; 16], read: bool, write: bool, edtl: u32, immediate: &[u8]) -> Pdu {
+    pub fn scsi_pdu(
+        &mut self,
+        itt: u32,
+        cdb: &[u8; 16],
+        read: bool,
+        write: bool,
+        edtl: u32,
+        immediate: &[u8],
+    ) -> Pdu {
         let mut p = Pdu::new(Opcode::ScsiCommand);
         let mut flags = 0x80 | 0x01; // F, SIMPLE
         if read {
@@ -407,7 +457,11 @@ impl Client {
     pub fn scsi(&mut self, cdb: &[u8; 16], read_len: u32, data_out: &[u8]) -> ScsiResult {
         let itt = self.alloc_itt();
         let write = !data_out.is_empty();
-        let edtl = if write { data_out.len() as u32 } else { read_len };
+        let edtl = if write {
+            data_out.len() as u32
+        } else {
+            read_len
+        };
         let immediate = &data_out[..data_out.len().min(FIRST_BURST_BYTES)];
         let pdu = self.scsi_pdu(itt, cdb, read_len > 0, write, edtl, immediate);
         self.send(&pdu);
@@ -418,7 +472,9 @@ impl Client {
     pub fn finish_scsi(&mut self, itt: u32, data_out: &[u8]) -> ScsiResult {
         let mut data = Vec::new();
         loop {
-            let p = self.recv().unwrap_or_else(|e| panic!("waiting for the answer to ITT {itt:#x}: {e:?}"));
+            let p = self
+                .recv()
+                .unwrap_or_else(|e| panic!("waiting for the answer to ITT {itt:#x}: {e:?}"));
             if self.answer_ping(&p) {
                 continue;
             }
@@ -431,21 +487,34 @@ impl Client {
                     }
                     data[off..off + p.data.len()].copy_from_slice(&p.data);
                     if p.flags() & 0x01 != 0 {
-                        return ScsiResult { status: p.bhs[3], data, sense: None };
+                        return ScsiResult {
+                            status: p.bhs[3],
+                            data,
+                            sense: None,
+                        };
                     }
                 }
                 Some(Opcode::ReadyToTransfer) => {
-                    let (ttt, off, len) = (p.ttt(), p.buffer_offset() as usize, p.word44() as usize);
+                    let (ttt, off, len) =
+                        (p.ttt(), p.buffer_offset() as usize, p.word44() as usize);
                     self.send_data_out(itt, ttt, &data_out[off..off + len], off);
                 }
                 Some(Opcode::ScsiResponse) => {
                     assert_eq!(p.bhs[2], 0, "iSCSI response code");
                     let sense = (!p.data.is_empty()).then(|| {
                         let len = usize::from(u16::from_be_bytes([p.data[0], p.data[1]]));
-                        assert_eq!(len + 2, p.data.len(), "SenseLength prefix disagrees with the segment");
+                        assert_eq!(
+                            len + 2,
+                            p.data.len(),
+                            "SenseLength prefix disagrees with the segment"
+                        );
                         p.data[2..].to_vec()
                     });
-                    return ScsiResult { status: p.bhs[3], data, sense };
+                    return ScsiResult {
+                        status: p.bhs[3],
+                        data,
+                        sense,
+                    };
                 }
                 other => panic!("unexpected {other:?} while waiting for ITT {itt:#x}"),
             }
@@ -489,11 +558,19 @@ impl Client {
 
     pub fn write10(&mut self, lba: u32, data: &[u8]) -> ScsiResult {
         assert_eq!(data.len() % BLOCK_BYTES, 0);
-        self.scsi(&write10_cdb(lba, (data.len() / BLOCK_BYTES) as u16), 0, data)
+        self.scsi(
+            &write10_cdb(lba, (data.len() / BLOCK_BYTES) as u16),
+            0,
+            data,
+        )
     }
 
     pub fn read10(&mut self, lba: u32, blocks: u16) -> ScsiResult {
-        self.scsi(&read10_cdb(lba, blocks), u32::from(blocks) * BLOCK_BYTES as u32, &[])
+        self.scsi(
+            &read10_cdb(lba, blocks),
+            u32::from(blocks) * BLOCK_BYTES as u32,
+            &[],
+        )
     }
 
     pub fn test_unit_ready(&mut self) -> ScsiResult {
@@ -505,10 +582,21 @@ impl Client {
     pub fn write_read_check(&mut self, lba: u32, blocks: usize, seed: u32) {
         let data = pattern(seed, blocks);
         let w = self.write10(lba, &data);
-        assert_eq!((w.status, &w.sense), (0, &None), "WRITE(10) at LBA {lba} failed");
+        assert_eq!(
+            (w.status, &w.sense),
+            (0, &None),
+            "WRITE(10) at LBA {lba} failed"
+        );
         let r = self.read10(lba, blocks as u16);
-        assert_eq!((r.status, &r.sense), (0, &None), "READ(10) at LBA {lba} failed");
-        assert!(r.data == data, "READ(10) at LBA {lba} returned other data than written");
+        assert_eq!(
+            (r.status, &r.sense),
+            (0, &None),
+            "READ(10) at LBA {lba} failed"
+        );
+        assert!(
+            r.data == data,
+            "READ(10) at LBA {lba} returned other data than written"
+        );
     }
 }
 
@@ -525,7 +613,11 @@ impl Fixture {
         let gw = Gateway::start();
         let mut bystander = Client::login(&gw, &LoginOptions::new("bystander", 0xb0b));
         bystander.write_read_check(0, 8, 0);
-        Fixture { gw, bystander, checks: 0 }
+        Fixture {
+            gw,
+            bystander,
+            checks: 0,
+        }
     }
 
     /// A fresh session for the misbehaving side.
@@ -539,7 +631,8 @@ impl Fixture {
         self.gw.assert_alive();
         self.checks += 1;
         let lba = 1000 + self.checks * 64;
-        self.bystander.write_read_check(lba, 16, 0x5eed_0000 + self.checks);
+        self.bystander
+            .write_read_check(lba, 16, 0x5eed_0000 + self.checks);
         self.gw.assert_alive();
     }
 }
