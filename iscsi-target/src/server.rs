@@ -9,12 +9,17 @@ use crate::login::SessionType;
 use crate::pdu::{self, DigestConfig, Pdu};
 use crate::scsi::{ItNexus, Residual, ScsiResponse, ScsiStatus, ScsiTarget};
 use crate::session::{Connection, ConnectionConfig, Event, TmfFunction, TmfResponse};
+use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use rand::SeedableRng;
 use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -68,30 +73,79 @@ const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// A SCSI command's result, or its panic turned into an error status.
 type Completion = (u32, ScsiResponse);
 
+/// Most PDUs gathered into one `writev`.
+const WRITE_BATCH_PDUS_MAX: usize = 256;
+/// Data segments up to this size are copied next to their header; larger
+/// ones go to the socket from their own buffer, uncopied.
+const INLINE_DATA_BYTES_MAX: usize = 16 * 1024;
+/// iovec entries per `writev` call (Linux's IOV_MAX is 1024).
+const IOVECS_MAX: usize = 1024;
+
+/// Sends PDUs as they come, gathering whatever is queued into one `writev`.
 async fn write_loop(
-    stream: tokio::net::tcp::OwnedWriteHalf,
+    mut stream: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::Receiver<(Pdu, DigestConfig)>,
 ) {
-    let mut w = BufWriter::with_capacity(256 * 1024, stream);
-    let mut header = BytesMut::with_capacity(128);
-    while let Some((pdu, digests)) = rx.recv().await {
-        let mut next = Some((pdu, digests));
+    let mut segments: VecDeque<Bytes> = VecDeque::new();
+    let mut small = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut count = 0;
         while let Some((pdu, digests)) = next.take() {
-            header.clear();
-            let trailer = pdu::codec::encode_header(&pdu, &digests, &mut header);
-            if w.write_all(&header).await.is_err()
-                || w.write_all(&pdu.data).await.is_err()
-                || w.write_all(trailer.as_bytes()).await.is_err()
-            {
-                return;
+            let trailer = pdu::codec::encode_header(&pdu, &digests, &mut small);
+            if pdu.data.len() <= INLINE_DATA_BYTES_MAX {
+                small.extend_from_slice(&pdu.data);
+                small.extend_from_slice(trailer.as_bytes());
+            } else {
+                segments.push_back(small.split().freeze());
+                segments.push_back(pdu.data.clone());
+                small.extend_from_slice(trailer.as_bytes());
             }
-            next = rx.try_recv().ok();
+            count += 1;
+            if count < WRITE_BATCH_PDUS_MAX {
+                next = rx.try_recv().ok();
+            }
         }
-        if w.flush().await.is_err() {
+        if !small.is_empty() {
+            segments.push_back(small.split().freeze());
+        }
+        if write_segments(&mut stream, &mut segments).await.is_err() {
             return;
         }
     }
-    let _ = w.shutdown().await;
+    let _ = stream.shutdown().await;
+}
+
+async fn write_segments(
+    stream: &mut tokio::net::tcp::OwnedWriteHalf,
+    segments: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !segments.is_empty() {
+        let mut n = {
+            let slices: Vec<IoSlice<'_>> = segments
+                .iter()
+                .take(IOVECS_MAX)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            stream.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(front) = segments.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                segments.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Driver {
@@ -281,11 +335,21 @@ impl Driver {
                     let (Some(scsi), Some(nexus)) = (self.scsi.clone(), self.nexus.clone()) else {
                         continue;
                     };
-                    let handle = self
-                        .running
-                        .spawn(async move { (itt, scsi.execute(&nexus, request).await) });
-                    self.ids.insert(handle.id(), itt);
-                    self.handles.insert(itt, handle);
+                    let mut command =
+                        Box::pin(async move { (itt, scsi.execute(&nexus, request).await) });
+                    // Most commands on RAM, and many on files, finish without
+                    // waiting: answer those here and spare a task and a wake-up.
+                    // A command that must wait re-registers its wakers when the
+                    // runtime polls it again as a task.
+                    let mut cx = Context::from_waker(std::task::Waker::noop());
+                    match command.as_mut().poll(&mut cx) {
+                        Poll::Ready((itt, resp)) => self.conn.complete(itt, resp, Instant::now()),
+                        Poll::Pending => {
+                            let handle = self.running.spawn(command);
+                            self.ids.insert(handle.id(), itt);
+                            self.handles.insert(itt, handle);
+                        }
+                    }
                 }
                 Event::Abort(itts) => {
                     for itt in itts {

@@ -16,6 +16,7 @@ const INITIATOR_ERROR: u16 = 0x0200;
 const NOT_FOUND: u16 = 0x0203;
 const UNSUPPORTED_VERSION: u16 = 0x0205;
 const MISSING_PARAMETER: u16 = 0x0207;
+const SESSION_DOES_NOT_EXIST: u16 = 0x020a;
 const INVALID_DURING_LOGIN: u16 = 0x020b;
 
 /// Reject reasons (RFC 7143 §11.17.1).
@@ -358,6 +359,10 @@ fn logins_out_of_order_or_invalid_fail_with_the_rfc_status() {
         login_request(0x81, isid, 0, 1, 0, anonymous),
         MISSING_PARAMETER,
     );
+
+    // A non-zero TSIH that names no live session.
+    let stale = login_request(0x81, isid, 0x7777, 1, 0, good());
+    login_fails(&f, "unknown TSIH", stale, SESSION_DOES_NOT_EXIST);
 
     f.assert_still_serving();
 }

@@ -5,7 +5,7 @@ use super::{
     check_range, first_difference, BlockDevice, BlockError, LbaStatus, ProvisioningStatus,
 };
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::RwLock;
 
 /// Allocation unit of the RAM device.
@@ -45,6 +45,21 @@ impl RamDevice {
             });
         }
         Ok((len / self.block_size as usize) as u64)
+    }
+}
+
+/// Appends `len` bytes from `off` to `out`, without zero-filling first.
+fn append_out(segments: &[Option<Box<[u8]>>], mut off: u64, len: usize, out: &mut Vec<u8>) {
+    let end = out.len() + len;
+    while out.len() < end {
+        let seg = (off / SEGMENT_BYTES as u64) as usize;
+        let in_seg = (off % SEGMENT_BYTES as u64) as usize;
+        let n = (SEGMENT_BYTES - in_seg).min(end - out.len());
+        match &segments[seg] {
+            Some(s) => out.extend_from_slice(&s[in_seg..in_seg + n]),
+            None => out.resize(out.len() + n, 0),
+        }
+        off += n as u64;
     }
 }
 
@@ -88,9 +103,9 @@ impl BlockDevice for RamDevice {
 
     async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BlockError> {
         let (off, len) = self.byte_range(lba, u64::from(blocks))?;
-        let mut out = BytesMut::zeroed(len);
-        copy_out(&self.segments.read(), off, &mut out);
-        Ok(out.freeze())
+        let mut out = Vec::with_capacity(len);
+        append_out(&self.segments.read(), off, len, &mut out);
+        Ok(Bytes::from(out))
     }
 
     async fn write(&self, lba: u64, data: Bytes, _fua: bool) -> Result<(), BlockError> {

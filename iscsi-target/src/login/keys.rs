@@ -170,8 +170,6 @@ impl Default for TargetOffer {
 pub enum NegotiationError {
     #[error("key {0} offered twice in one negotiation")]
     Duplicate(String),
-    #[error("key {key} has an invalid value {value:?}")]
-    Invalid { key: String, value: String },
 }
 
 /// Where the negotiation happens.
@@ -276,10 +274,6 @@ impl Negotiator {
     }
 
     fn negotiate(&mut self, def: &KeyDef, value: &str) -> Result<Option<String>, NegotiationError> {
-        let invalid = || NegotiationError::Invalid {
-            key: def.name.to_string(),
-            value: value.to_string(),
-        };
         let yes_no = |v: &str| match v {
             "Yes" => Some(true),
             "No" => Some(false),
@@ -295,7 +289,9 @@ impl Negotiator {
                 return Ok(None);
             }
             Rule::DeclaredNumber(lo, hi) => {
-                let n = parse_number(value).ok_or_else(invalid)?;
+                let Some(n) = parse_number(value) else {
+                    return Ok(Some("Reject".into()));
+                };
                 if n < lo || n > hi {
                     return Ok(Some("Reject".into()));
                 }
