@@ -48,6 +48,7 @@ skip() {
 }
 
 start=$SECONDS
+step deps 900 tests/deps.sh
 step build 1200 cargo build --release --workspace --all-targets --locked && built=1
 step fmt 120 cargo fmt --all -- --check
 step clippy 900 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -58,13 +59,16 @@ else
 fi
 if [ "$quick" -eq 1 ]; then
 	skip conformance "--quick"
+	skip conformance-4k "--quick"
 	skip qemu-img "--quick"
 elif [ "$built" -eq 1 ]; then
 	# run.sh and roundtrip.sh have their own finer timeouts; these are backstops.
 	step conformance 1200 tests/conformance/run.sh --target weft --out "$logdir/conformance"
+	step conformance-4k 1200 tests/conformance/run.sh --target weft --block-size 4096 --out "$logdir/conformance-4k"
 	step qemu-img 900 tests/qemu-img/roundtrip.sh --target weft --out "$logdir/qemu-img"
 else
 	skip conformance "build failed"
+	skip conformance-4k "build failed"
 	skip qemu-img "build failed"
 fi
 

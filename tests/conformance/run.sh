@@ -12,6 +12,9 @@
 #   --lun-size SIZE   LUN size (default 256M)
 #   --expected FILE   expected failures (default: expected-failures.txt for
 #                     weft and --url, expected-failures-tgt.txt for tgt)
+#   --expected-skips FILE  tests allowed to skip (default: expected-skips.txt
+#                     for weft; none checked for tgt and --url). A skip not
+#                     listed fails the run: it means a command stopped working.
 #   --out DIR         keep logs and results in DIR (default: a new temp dir)
 #   --timeout SECS    hard limit for the whole suite (default 900)
 #   --tests GLOBS     only the tests matching ALL.GLOB, for each GLOB of a
@@ -27,7 +30,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=targets.sh
 . "$here/targets.sh"
 
-target=weft url= block_size=512 lun_size=256M expected= out= timeout_s=900 tests='*'
+target=weft url= block_size=512 lun_size=256M expected= expected_skips= out= timeout_s=900 tests='*'
 while [ $# -gt 0 ]; do
 	case $1 in
 	--target) target=$2; shift 2 ;;
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
 	--block-size) block_size=$2; shift 2 ;;
 	--lun-size) lun_size=$2; shift 2 ;;
 	--expected) expected=$2; shift 2 ;;
+	--expected-skips) expected_skips=$2; shift 2 ;;
 	--out) out=$2; shift 2 ;;
 	--timeout) timeout_s=$2; shift 2 ;;
 	--tests) tests=$2; shift 2 ;;
@@ -48,6 +52,8 @@ if [ -z "$expected" ]; then
 	if [ "$target" = tgt ]; then expected=$here/expected-failures-tgt.txt; else expected=$here/expected-failures.txt; fi
 fi
 [ -f "$expected" ] || die "no expected-failures file $expected"
+if [ -z "$expected_skips" ] && [ "$target" = weft ] && [ -z "$url" ]; then expected_skips=$here/expected-skips.txt; fi
+[ -z "$expected_skips" ] || [ -f "$expected_skips" ] || die "no expected-skips file $expected_skips"
 command -v iscsi-test-cu >/dev/null || die "iscsi-test-cu not found: apt-get install libiscsi-bin"
 
 if [ -z "$out" ]; then out=$(mktemp -d "${TMPDIR:-/tmp}/weft-conformance.XXXXXX"); fi
@@ -118,9 +124,16 @@ printf '%s\n' "$target $passed passed $failed failed $skipped skipped $elapsed s
 expected_names=$(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e 's/^[[:space:]]*//' "$expected" | awk 'NF')
 is_expected() { grep -qxF -- "$1" <<<"$expected_names"; }
 
-unexpected=() now_passing=() stale=()
+skip_names=
+if [ -n "$expected_skips" ]; then
+	skip_names=$(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e 's/^[[:space:]]*//' "$expected_skips" | awk 'NF')
+fi
+is_expected_skip() { [ -z "$expected_skips" ] || grep -qxF -- "$1" <<<"$skip_names"; }
+
+unexpected=() unexpected_skips=() now_passing=() stale=()
 while read -r name status; do
 	if [ "$status" = FAILED ] && ! is_expected "$name"; then unexpected+=("$name"); fi
+	if [ "$status" = SKIPPED ] && ! is_expected_skip "$name"; then unexpected_skips+=("$name"); fi
 	if [ "$status" != FAILED ] && is_expected "$name"; then now_passing+=("$name ($status)"); fi
 done <"$results"
 if [ "$tests" = '*' ]; then
@@ -153,6 +166,13 @@ if [ ${#unexpected[@]} -gt 0 ]; then
 	done
 	status=1
 fi
+if [ ${#unexpected_skips[@]} -gt 0 ]; then
+	echo
+	echo "UNEXPECTED SKIPS (${#unexpected_skips[@]}): libiscsi found these commands or features missing;"
+	echo "list them in ${expected_skips#"$WEFT_ROOT"/} with a reason, or bring the feature back:"
+	printf '    %s\n' "${unexpected_skips[@]}"
+	status=1
+fi
 if [ "$harness_error" -ne 0 ]; then
 	echo
 	echo "HARNESS ERROR: the suite's output could not be fully read (see above and $raw)"
@@ -168,5 +188,7 @@ if [ "$status" -ne 0 ] && [ -n "$target_log" ] && [ -s "$target_log" ]; then
 	echo "    ..."
 	tail -n 15 "$target_log" | sed 's/^/    /'
 fi
-if [ "$status" -eq 0 ]; then echo "OK: every failure is listed in ${expected#"$WEFT_ROOT"/}"; fi
+if [ "$status" -eq 0 ]; then
+	echo "OK: every failure is listed in ${expected#"$WEFT_ROOT"/}${expected_skips:+, every skip in ${expected_skips#"$WEFT_ROOT"/}}"
+fi
 exit "$status"
