@@ -331,7 +331,7 @@ impl Config {
     }
 
     /// Opens every backend and builds the gateway.
-    pub fn build(&self) -> Result<Gateway, ConfigError> {
+    pub fn build(&self) -> Result<Arc<Gateway>, ConfigError> {
         if self.gateway.portals.is_empty() {
             return invalid("gateway.portals is empty");
         }

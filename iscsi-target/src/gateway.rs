@@ -4,7 +4,7 @@
 
 use crate::login::chap::ChapConfig;
 use crate::login::{Directory, TargetAuth};
-use crate::scsi::{ItNexus, ScsiTarget};
+use crate::scsi::{ItNexus, ScsiTarget, TaskAborter};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -45,7 +45,24 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The gateway, shared; its targets ask it to abort other sessions'
+    /// tasks (PREEMPT AND ABORT).
     pub fn new(
+        targets: Vec<Target>,
+        portals: Vec<String>,
+        tpgt: u16,
+        discovery_chap: ChapConfig,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me: &std::sync::Weak<Gateway>| {
+            for t in &targets {
+                let aborter: std::sync::Weak<dyn TaskAborter> = me.clone();
+                t.scsi.set_task_aborter(aborter);
+            }
+            Gateway::unshared(targets, portals, tpgt, discovery_chap)
+        })
+    }
+
+    fn unshared(
         targets: Vec<Target>,
         portals: Vec<String>,
         tpgt: u16,
@@ -136,6 +153,16 @@ impl Gateway {
     pub fn close_all(&self) {
         for e in self.sessions.lock().values() {
             let _ = e.control.send(SessionControl::Close);
+        }
+    }
+}
+
+impl TaskAborter for Gateway {
+    fn abort_tasks(&self, target_name: &str, lun: u64, nexus_matches: &dyn Fn(&ItNexus) -> bool) {
+        for e in self.sessions.lock().values() {
+            if e.nexus.target_name == target_name && nexus_matches(&e.nexus) {
+                let _ = e.control.send(SessionControl::AbortTasks(Some(lun)));
+            }
         }
     }
 }

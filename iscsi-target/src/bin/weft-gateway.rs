@@ -126,7 +126,7 @@ fn main() -> Result<()> {
         builder.init();
     }
     let cfg = config_from_args(&args)?;
-    let gateway = Arc::new(cfg.build().context("configuration")?);
+    let gateway = cfg.build().context("configuration")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

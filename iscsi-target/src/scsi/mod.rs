@@ -47,7 +47,7 @@ pub use pr::{
     FilePrStore, MemoryPrStore, PrState, PrStore, PrStoreError, PrType, Registration, Reservation,
 };
 pub use sense::SenseReason;
-pub use target::{ScsiTarget, ScsiTargetConfig};
+pub use target::{ScsiTarget, ScsiTargetConfig, TaskAborter};
 pub use ua::UaKind;
 
 use crate::backend::BlockDevice;

@@ -7,8 +7,8 @@
 //! gateway serves the LU, and the cluster store will have to make `store`
 //! a compare-and-set on `generation`.
 //!
-//! PREEMPT AND ABORT preempts like PREEMPT; aborting the preempted nexuses'
-//! tasks is up to the transport, which owns the task set.
+//! PREEMPT AND ABORT preempts like PREEMPT, then asks the transport (which
+//! owns the task sets) to abort the preempted nexuses' tasks on the LU.
 
 use super::cdb::{put_be, Buf};
 use super::inquiry::PROTOCOL_ISCSI;
@@ -606,7 +606,14 @@ pub async fn persistent_reserve_out(ctx: &Ctx<'_>) -> CmdResult {
         0x04 | 0x05 => {
             let kind = kind.ok_or(SenseReason::InternalTargetFailure)?;
             let mine = mine.ok_or(SenseReason::ReservationConflict)?;
-            preempt(ctx, lu, &mut st, &me, &mine, sa_key, kind)?;
+            let removed = preempt(ctx, lu, &mut st, &me, &mine, sa_key, kind)?;
+            if sa == 0x05 && !removed.is_empty() {
+                let alua = &ctx.target.alua;
+                ctx.target.abort_tasks(lu.cfg.lun, &|n| {
+                    let key = RegKey::of(n, alua.relative_port_id(n));
+                    removed.iter().any(|r| r.matches(&key))
+                });
+            }
             changed = true;
         }
         0x07 => {
@@ -661,7 +668,7 @@ fn preempt(
     mine: &Registration,
     sa_key: u64,
     kind: PrType,
-) -> Result<(), SenseReason> {
+) -> Result<Vec<Registration>, SenseReason> {
     let res = st.reservation.clone();
     let holder_key = res.as_ref().and_then(|res| {
         if res.kind.all_registrants() {
@@ -721,7 +728,7 @@ fn preempt(
     }
     st.generation = st.generation.wrapping_add(1);
     raise_for(ctx, lu, &removed, UaKind::RegistrationsPreempted);
-    Ok(())
+    Ok(removed)
 }
 
 fn register_and_move(

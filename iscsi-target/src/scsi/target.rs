@@ -87,11 +87,20 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// Aborts tasks of other I_T nexuses (PREEMPT AND ABORT): the transport owns
+/// the task sets, so the device server asks it.
+pub trait TaskAborter: Send + Sync {
+    fn abort_tasks(&self, target_name: &str, lun: u64, nexus_matches: &dyn Fn(&ItNexus) -> bool);
+}
+
 pub struct ScsiTarget {
     pub(crate) target_name: String,
     pub(crate) lus: BTreeMap<u64, Lu>,
     pub(crate) pr_store: Arc<dyn PrStore>,
     pub(crate) alua: Arc<dyn AluaProvider>,
+    /// Set once by the transport that owns this target; weak because the
+    /// transport owns the target.
+    aborter: std::sync::OnceLock<std::sync::Weak<dyn TaskAborter>>,
 }
 
 impl ScsiTarget {
@@ -116,6 +125,18 @@ impl ScsiTarget {
             lus,
             pr_store: cfg.pr_store,
             alua: cfg.alua,
+            aborter: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Names who aborts other nexuses' tasks; only the first call counts.
+    pub fn set_task_aborter(&self, aborter: std::sync::Weak<dyn TaskAborter>) {
+        let _ = self.aborter.set(aborter);
+    }
+
+    pub(crate) fn abort_tasks(&self, lun: u64, nexus_matches: &dyn Fn(&ItNexus) -> bool) {
+        if let Some(a) = self.aborter.get().and_then(|w| w.upgrade()) {
+            a.abort_tasks(&self.target_name, lun, nexus_matches);
         }
     }
 

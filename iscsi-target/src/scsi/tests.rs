@@ -1209,3 +1209,83 @@ proptest! {
         prop_assert_eq!(r.status == ScsiStatus::CheckCondition, r.sense.is_some());
     }
 }
+
+/// Records the nexuses a PREEMPT AND ABORT asks the transport to abort.
+#[derive(Default)]
+struct RecordingAborter {
+    calls: parking_lot::Mutex<Vec<(String, u64, Vec<usize>)>>,
+}
+
+impl TaskAborter for RecordingAborter {
+    fn abort_tasks(&self, target_name: &str, lun: u64, nexus_matches: &dyn Fn(&ItNexus) -> bool) {
+        let hit = (0..4).filter(|who| nexus_matches(&nexus(*who))).collect();
+        self.calls.lock().push((target_name.to_string(), lun, hit));
+    }
+}
+
+#[test]
+fn preempt_and_abort_aborts_only_the_preempted_nexus() {
+    let t = target();
+    let aborter = Arc::new(RecordingAborter::default());
+    let weak: std::sync::Weak<dyn TaskAborter> = Arc::downgrade(&aborter) as _;
+    t.set_task_aborter(weak);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let exec = |who: usize, cdb: &str, out: Vec<u8>| {
+        let req = ScsiRequest {
+            lun: 0,
+            cdb: Bytes::from(hex(cdb)),
+            expected_len: out.len() as u32,
+            data_out: Bytes::from(out),
+            read: false,
+            write: true,
+            attr: TaskAttr::Simple,
+        };
+        rt.block_on(t.execute(&nexus(who), req)).status
+    };
+    // Clear the power-on state, then: 1 and 2 register, 1 reserves (WE-RO).
+    for who in [1, 2] {
+        let _ = exec(who, "00 00 00 00 00 00", vec![]);
+        assert_eq!(
+            exec(
+                who,
+                "5f 00 00 00 00 00 00 00 18 00",
+                pr_params(0, 0x10 + who as u64, 0)
+            ),
+            ScsiStatus::Good
+        );
+    }
+    assert_eq!(
+        exec(1, "5f 01 05 00 00 00 00 00 18 00", pr_params(0x11, 0, 0)),
+        ScsiStatus::Good
+    );
+    // PREEMPT (plain) aborts nothing.
+    assert_eq!(
+        exec(2, "5f 04 05 00 00 00 00 00 18 00", pr_params(0x12, 0x11, 0)),
+        ScsiStatus::Good
+    );
+    assert!(
+        aborter.calls.lock().is_empty(),
+        "PREEMPT must not abort tasks"
+    );
+    // 1 registers again (after its REGISTRATIONS PREEMPTED unit attention);
+    // 2 holds; PREEMPT AND ABORT of 1's key aborts 1's tasks only.
+    assert_eq!(
+        exec(1, "00 00 00 00 00 00", vec![]),
+        ScsiStatus::CheckCondition
+    );
+    assert_eq!(
+        exec(1, "5f 00 00 00 00 00 00 00 18 00", pr_params(0, 0x11, 0)),
+        ScsiStatus::Good
+    );
+    assert_eq!(
+        exec(2, "5f 05 05 00 00 00 00 00 18 00", pr_params(0x12, 0x11, 0)),
+        ScsiStatus::Good
+    );
+    let calls = aborter.calls.lock().clone();
+    assert_eq!(
+        calls,
+        vec![("iqn.2024-01.test:target".to_string(), 0, vec![1])]
+    );
+}
