@@ -50,3 +50,7 @@ pub const SESSIONS_MAX: usize = 1024;
 pub const SEND_TARGETS_BYTES_MAX: usize = 64 * 1024;
 /// ITTs of ended commands whose late Data-Out is silently dropped.
 pub const DISCARDED_TASKS_MAX: usize = 1024;
+/// Data-Out bytes one session may have asked for (R2T) and not yet
+/// received; with FirstBurstLength × the command window it bounds what one
+/// session makes the gateway buffer.
+pub const SESSION_SOLICITED_BYTES_MAX: u64 = 32 * 1024 * 1024;

@@ -293,6 +293,11 @@ impl ScsiTarget {
             }
         }
         let state = self.pr_store.load(lu.cfg.lun);
+        // The common case, no reservation, conflicts with nothing: skip
+        // building this nexus' key (it formats the initiator port name).
+        if state.reservation.is_none() {
+            return Ok(());
+        }
         let me = pr::RegKey::of(nexus, self.alua.relative_port_id(nexus));
         if pr::conflicts(&state, &me, spec.pr) {
             return Err(SenseReason::ReservationConflict);

@@ -132,6 +132,11 @@ pub struct Connection {
     /// ITTs of commands answered early whose remaining Data-Out is dropped.
     discarding: HashSet<u32>,
     next_ttt: u32,
+    /// Bytes asked for by R2T and not yet received, over all tasks: bounds
+    /// the memory one session can make us hold for Data-Out.
+    solicited_bytes: u64,
+    /// Tasks waiting for room under that bound before their next R2T.
+    r2t_waiting: VecDeque<u32>,
     text_in: TextAssembler,
     text_out: ResponseSplitter,
     text_ttt: u32,
@@ -164,6 +169,8 @@ impl Connection {
             ahead: BTreeMap::new(),
             discarding: HashSet::new(),
             next_ttt: 1,
+            solicited_bytes: 0,
+            r2t_waiting: VecDeque::new(),
             text_in: TextAssembler::default(),
             text_out: ResponseSplitter::default(),
             text_ttt: RESERVED_TAG,
@@ -547,6 +554,17 @@ impl Connection {
         let max_burst = self.params.max_burst_len;
         let max_r2t = self.params.max_outstanding_r2t;
         while let Some((offset, len)) = task.next_r2t(max_burst, max_r2t) {
+            // Over the session's bound, wait for data to arrive; with nothing
+            // outstanding one R2T always goes, so no task waits forever.
+            if self.solicited_bytes > 0
+                && self.solicited_bytes + u64::from(len) > limits::SESSION_SOLICITED_BYTES_MAX
+            {
+                if !self.r2t_waiting.contains(&itt) {
+                    self.r2t_waiting.push_back(itt);
+                }
+                break;
+            }
+            self.solicited_bytes += u64::from(len);
             let ttt = self.next_ttt;
             self.next_ttt = self.next_ttt.wrapping_add(1);
             if self.next_ttt == RESERVED_TAG {
@@ -576,19 +594,26 @@ impl Connection {
         let Some(task) = self.tasks.get_mut(&itt) else {
             return self.reject(&pdu, RejectReason::InvalidPduField);
         };
-        match task.data_out(
+        let outcome = task.data_out(
             pdu.ttt(),
             pdu.buffer_offset(),
             pdu.data_sn(),
             &pdu.data,
             pdu.final_bit(),
-        ) {
-            DataOutcome::Accepted => self.advance_task(itt),
+        );
+        match outcome {
+            DataOutcome::Accepted => {
+                if pdu.ttt() != RESERVED_TAG {
+                    self.release_solicited(pdu.data.len() as u64);
+                }
+                self.advance_task(itt);
+                self.wake_r2t_waiters();
+            }
             DataOutcome::Protocol => {
                 // ERL 0 cannot recover the sequence, but the connection can
                 // live on: reject the PDU and end the command with an error.
                 self.reject(&pdu, RejectReason::ProtocolError);
-                if let Some(task) = self.tasks.remove(&itt) {
+                if let Some(task) = self.remove_task(itt) {
                     self.discard(itt);
                     let resp = sense_response(0x0b, 0x4b, 0x00); // ABORTED COMMAND, DATA PHASE ERROR
                     self.send_response(itt, task.lun_field, &resp, task.r2t_count());
@@ -597,10 +622,38 @@ impl Connection {
         }
     }
 
+    /// Removes a task and gives back the solicited bytes it still held.
+    fn remove_task(&mut self, itt: u32) -> Option<Task> {
+        let task = self.tasks.remove(&itt)?;
+        self.release_solicited(task.solicited_outstanding());
+        self.r2t_waiting.retain(|i| *i != itt);
+        self.wake_r2t_waiters();
+        Some(task)
+    }
+
+    fn release_solicited(&mut self, bytes: u64) {
+        self.solicited_bytes = self.solicited_bytes.saturating_sub(bytes);
+    }
+
+    /// Lets tasks that waited for room under the solicited-bytes bound send
+    /// their next R2Ts.
+    fn wake_r2t_waiters(&mut self) {
+        for _ in 0..self.r2t_waiting.len() {
+            let Some(itt) = self.r2t_waiting.pop_front() else {
+                break;
+            };
+            self.advance_task(itt);
+            if self.r2t_waiting.back() == Some(&itt) {
+                // Still no room: the rest wait too.
+                break;
+            }
+        }
+    }
+
     /// Reports the result of an [`Event::Execute`]. Results for tasks that
     /// were aborted meanwhile are dropped.
     pub fn complete(&mut self, itt: u32, resp: ScsiResponse, now: Instant) {
-        let Some(task) = self.tasks.remove(&itt) else {
+        let Some(task) = self.remove_task(itt) else {
             return;
         };
         self.window
@@ -688,7 +741,7 @@ impl Connection {
             .map(|(i, _)| *i)
             .collect();
         for itt in &itts {
-            self.tasks.remove(itt);
+            self.remove_task(*itt);
             self.discard(*itt);
         }
         if !itts.is_empty() {
@@ -718,7 +771,7 @@ impl Connection {
         match function {
             TmfFunction::AbortTask => {
                 let rtt = pdu.referenced_task_tag();
-                if self.tasks.remove(&rtt).is_some() {
+                if self.remove_task(rtt).is_some() {
                     self.discard(rtt);
                     self.events.push_back(Event::Abort(vec![rtt]));
                     self.tmf_response(itt, TmfResponse::FunctionComplete);

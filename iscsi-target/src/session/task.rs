@@ -49,12 +49,14 @@ impl Task {
         } else {
             0
         };
+        // Room for what may come unasked now; for the rest when it is asked
+        // for (R2T), so memory follows what the session has solicited.
         Task {
             lun_field,
             started: now,
             request: Some(request),
             expected,
-            buf: BytesMut::new(),
+            buf: BytesMut::with_capacity(unsolicited_len as usize),
             received: 0,
             unsolicited_len,
             unsolicited_open: unsolicited_len > 0,
@@ -76,9 +78,6 @@ impl Task {
         // In-order data only: each PDU continues where the last one ended.
         if offset != self.received || end > self.expected {
             return false;
-        }
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(self.expected as usize);
         }
         self.buf.extend_from_slice(data);
         self.received = end;
@@ -140,7 +139,16 @@ impl Task {
         Some((self.solicited_to, len))
     }
 
+    /// Solicited bytes not yet received.
+    pub fn solicited_outstanding(&self) -> u64 {
+        self.r2ts
+            .iter()
+            .map(|r| u64::from(r.len - r.received))
+            .sum()
+    }
+
     pub fn add_r2t(&mut self, ttt: u32, offset: u32, len: u32) -> u32 {
+        self.buf.reserve(len as usize);
         self.r2ts.push(R2t {
             ttt,
             offset,

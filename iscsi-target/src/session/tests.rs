@@ -557,3 +557,61 @@ fn lun_field_decoding() {
     );
     assert_eq!(decode_lun(0xc000_0000_0000_0000), u64::MAX);
 }
+
+#[test]
+fn solicited_data_is_bounded_per_session() {
+    let mut h = Harness::login(&[
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "No"),
+        ("MaxBurstLength", "1048576"),
+        ("MaxOutstandingR2T", "8"),
+    ]);
+    let _ = h.drain();
+    let per_task: u32 = 4 << 20;
+    let tasks = (limits::SESSION_SOLICITED_BYTES_MAX / u64::from(per_task)) as u32 + 2;
+    let write16 = |blocks: u32| {
+        let mut c = [0u8; 16];
+        c[0] = 0x8a;
+        c[10..14].copy_from_slice(&blocks.to_be_bytes());
+        c
+    };
+    for i in 0..tasks {
+        let cmd = h.command(
+            100 + i,
+            &write16(per_task / 512),
+            0x80 | 0x20 | 1,
+            per_task,
+            &[],
+        );
+        h.send(cmd);
+    }
+    let r2ts = h.drain();
+    let asked: u64 = r2ts.iter().map(|p| u64::from(p.word44())).sum();
+    assert_eq!(
+        asked,
+        limits::SESSION_SOLICITED_BYTES_MAX,
+        "R2Ts stop at the bound"
+    );
+    let served: std::collections::BTreeSet<u32> = r2ts.iter().map(|p| p.itt()).collect();
+    assert_eq!(served.len() as u32, tasks - 2, "two tasks wait for room");
+    // Data for the first R2T frees room: a waiting task gets its R2T.
+    let first = &r2ts[0];
+    let mut d = Pdu::new(Opcode::DataOut);
+    d.set_flags(0x80)
+        .set_itt(first.itt())
+        .set_word20(first.ttt())
+        .set_word40(first.buffer_offset());
+    d.set_data(Bytes::from(vec![0u8; first.word44() as usize]));
+    h.send(d);
+    let more = h.drain();
+    assert!(!more.is_empty(), "room freed, more R2Ts");
+    assert!(more
+        .iter()
+        .all(|p| p.opcode() == Some(Opcode::ReadyToTransfer)));
+    let asked_now: u64 = more.iter().map(|p| u64::from(p.word44())).sum();
+    assert_eq!(
+        asked_now,
+        u64::from(first.word44()),
+        "exactly the freed room is asked for again"
+    );
+}
