@@ -184,7 +184,7 @@ def login_text():
     logout = pdu(0x06, 0x80, itt=8, cmd_sn=6)
     stream = login + nop + read10 + write_imm + write_r2t + bytes(data_out) + tmf + text_req + logout
     write("login_text", "conn_session", bytes([0x80, 3, 0x00, 0x01, 0x03]) + stream)
-    write("login_text", "conn_timeouts", bytes([0x80, 2, 0x1C, 0x9F]) + login + read10 + tmf)
+    write("login_text", "conn_timeouts", bytes([0x80, 4, 0x00, 0x14, 0x1C, 0x9F]) + login + nop + read10 + tmf)
     disc = login_req(0x87, text((b"InitiatorName", INITIATOR), (b"SessionType", b"Discovery")))
     send_all = pdu(0x04, 0x80, itt=2, word20=0xFFFFFFFF, cmd_sn=1,
                    data=text((b"SendTargets", b"All")))

@@ -40,6 +40,12 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// `WEFT_FUZZ_DEBUG=1` prints each command and its result.
+fn debug() -> bool {
+    static DEBUG: OnceLock<bool> = OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("WEFT_FUZZ_DEBUG").is_some())
+}
+
 fn lu(lun: u64, size: u64, bs: u32) -> LuConfig {
     LuConfig {
         lun,
@@ -114,7 +120,13 @@ fuzz_target!(|data: &[u8]| {
             write: !dout.is_empty(),
             attr: TaskAttr::Simple,
         };
+        if debug() {
+            eprintln!("lun {lun} nexus {who} cdb {cdb:02x?} dout {} expected {expected_len}", dout.len());
+        }
         let r = rt.block_on(t.execute(&nx, req));
+        if debug() {
+            eprintln!("  -> {:?} data-in {} sense {:02x?} {:?}", r.status, r.data_in.len(), r.sense, r.residual);
+        }
         assert!(
             r.data_in.len() <= expected_len as usize,
             "data-in of {} bytes exceeds the expected length {expected_len}",

@@ -61,6 +61,10 @@ impl Directory for Dir {
             ("iqn.2024-01.test:other".into(), vec!["127.0.0.1:3261,2".into()]),
         ]
     }
+    /// TSIH 1 of our initiator exists (login_pdu's odd bit 4 asks for it).
+    fn session_exists(&self, initiator: &str, isid: [u8; 6], tsih: u16) -> bool {
+        initiator == INITIATOR && isid[0] == 0x80 && tsih == 1
+    }
 }
 
 /// CHAP credentials: initiator "u" / "secretsecret", target "t" /
@@ -88,6 +92,12 @@ impl ChallengeSource for FixedChallenge {
     fn challenge(&mut self) -> (u8, [u8; 16]) {
         (7, [0x55; 16])
     }
+}
+
+/// `WEFT_FUZZ_DEBUG=1` prints what happens (for checking seeds and triage).
+fn debug() -> bool {
+    static DEBUG: OnceLock<bool> = OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("WEFT_FUZZ_DEBUG").is_some())
 }
 
 /// The one clock base; everything else is an offset from it.
@@ -160,7 +170,11 @@ fn login_mode(sel: u8, rest: &[u8]) {
             continue;
         }
         let req = login_pdu(chunk);
-        let resp = match login.handle(&req, &mut FixedChallenge) {
+        let step = login.handle(&req, &mut FixedChallenge);
+        if debug() {
+            eprintln!("login {req:?} -> {step:?}");
+        }
+        let resp = match step {
             LoginStep::Continue(r) => r,
             LoginStep::Complete(r, outcome) => {
                 done = true;
@@ -220,12 +234,18 @@ fn response(ctl: u8, expected_len: u32, good: bool) -> ScsiResponse {
 fn drain(conn: &mut Connection, running: &mut Vec<(u32, u32)>, resets: &mut Vec<(u32, iscsi_target::session::TmfFunction)>) {
     let mut n = 0;
     while let Some(p) = conn.poll_transmit() {
+        if debug() {
+            eprintln!("  tx {p:?}");
+        }
         let op = p.opcode().expect("we sent an undefined opcode");
         assert!(!op.is_initiator(), "we sent an initiator opcode {op:?}");
         n += 1;
         assert!(n < 1_000_000);
     }
     while let Some(ev) = conn.poll_event() {
+        if debug() {
+            eprintln!("  event {ev:?}");
+        }
         match ev {
             Event::Execute { itt, request } => {
                 assert!(request.data_out.len() <= request.expected_len as usize);
@@ -284,6 +304,9 @@ fn connection_mode(sel: u8, rest: &[u8]) {
             }
         }
         drain(&mut conn, &mut running, &mut resets);
+        if debug() {
+            eprintln!("rx {pdu:?}");
+        }
         conn.handle_pdu(pdu, now, &mut FixedChallenge);
         drain(&mut conn, &mut running, &mut resets);
     }

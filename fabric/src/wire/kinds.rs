@@ -1,0 +1,173 @@
+//! Message kinds and the one table that says which roles may send each.
+//!
+//! Every kind a node serves must have a row here: the RPC server refuses to
+//! register a handler for a kind without one, and checks the sender's role
+//! (from its certificate) against the row before any handler runs. So the
+//! whole access policy of the fabric is this table.
+//!
+//! Kind numbers are ranges by subsystem, so that new kinds never collide:
+//!
+//! | range | subsystem |
+//! |---|---|
+//! | `0x0001..=0x00ff` | transport (ping) |
+//! | `0x0100..=0x01ff` | gossip of node state (reserved for the gossip module) |
+//! | `0x0200..=0x02ff` | metadata |
+//! | `0x0300..=0x03ff` | chunk data |
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Role;
+
+/// A message kind: the `kind` field of a frame.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Kind(pub u16);
+
+impl Kind {
+    /// Liveness and round-trip probe; echoes the payload if asked.
+    pub const PING: Kind = Kind(0x0001);
+    /// Gossip of node state (`gossip::message::Envelope` both ways).
+    pub const GOSSIP: Kind = Kind(0x0100);
+    /// Read metadata (LUN maps, placements): anyone in the cluster.
+    pub const METADATA_READ: Kind = Kind(0x0200);
+    /// Change metadata (LUNs, targets, ACLs, node admin state): admins only.
+    pub const METADATA_WRITE: Kind = Kind(0x0201);
+    /// Raft traffic between metadata replicas: chunkservers only.
+    pub const METADATA_RAFT: Kind = Kind(0x0202);
+    /// Read chunk data.
+    pub const CHUNK_READ: Kind = Kind(0x0300);
+    /// Write chunk data (to an extent primary, or primary to chunk holder).
+    pub const CHUNK_WRITE: Kind = Kind(0x0301);
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match spec(*self) {
+            Some(s) => write!(f, "{}({:#06x})", s.name, self.0),
+            None => write!(f, "Kind({:#06x})", self.0),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A set of roles, as a bit set (one bit per [`Role`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RoleSet(u8);
+
+impl RoleSet {
+    pub const NONE: RoleSet = RoleSet(0);
+    pub const CHUNKSERVER: RoleSet = RoleSet(1 << 0);
+    pub const GATEWAY: RoleSet = RoleSet(1 << 1);
+    pub const ADMIN: RoleSet = RoleSet(1 << 2);
+    pub const ALL: RoleSet = RoleSet(0b111);
+
+    pub const fn union(self, other: RoleSet) -> RoleSet {
+        RoleSet(self.0 | other.0)
+    }
+
+    pub const fn of(role: Role) -> RoleSet {
+        match role {
+            Role::Chunkserver => RoleSet::CHUNKSERVER,
+            Role::Gateway => RoleSet::GATEWAY,
+            Role::Admin => RoleSet::ADMIN,
+        }
+    }
+
+    pub const fn contains(self, role: Role) -> bool {
+        self.0 & RoleSet::of(role).0 != 0
+    }
+}
+
+impl fmt::Debug for RoleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries(Role::ALL.into_iter().filter(|r| self.contains(*r)))
+            .finish()
+    }
+}
+
+/// One row of the kind table.
+#[derive(Clone, Copy, Debug)]
+pub struct KindSpec {
+    pub kind: Kind,
+    pub name: &'static str,
+    /// Roles whose certificates may send this kind.
+    pub allowed: RoleSet,
+}
+
+/// Who may send what. Reasons:
+/// - a gateway reads and writes data and reads metadata, but can never
+///   change metadata (a compromised gateway cannot remap LUNs);
+/// - only an admin changes metadata; a chunkserver cannot act as admin;
+/// - Raft is between chunkservers (the metadata replicas) only;
+/// - an admin may read chunks (image export) and write them (import).
+pub static KIND_TABLE: &[KindSpec] = &[
+    KindSpec {
+        kind: Kind::PING,
+        name: "Ping",
+        allowed: RoleSet::ALL,
+    },
+    // Every node publishes its state; `weft status` (admin) reads the view.
+    KindSpec {
+        kind: Kind::GOSSIP,
+        name: "Gossip",
+        allowed: RoleSet::ALL,
+    },
+    KindSpec {
+        kind: Kind::METADATA_READ,
+        name: "MetadataRead",
+        allowed: RoleSet::ALL,
+    },
+    KindSpec {
+        kind: Kind::METADATA_WRITE,
+        name: "MetadataWrite",
+        allowed: RoleSet::ADMIN,
+    },
+    KindSpec {
+        kind: Kind::METADATA_RAFT,
+        name: "MetadataRaft",
+        allowed: RoleSet::CHUNKSERVER,
+    },
+    KindSpec {
+        kind: Kind::CHUNK_READ,
+        name: "ChunkRead",
+        allowed: RoleSet::ALL,
+    },
+    KindSpec {
+        kind: Kind::CHUNK_WRITE,
+        name: "ChunkWrite",
+        allowed: RoleSet::ALL,
+    },
+];
+
+/// The table row for `kind`, if this build knows it.
+pub fn spec(kind: Kind) -> Option<&'static KindSpec> {
+    KIND_TABLE.iter().find(|s| s.kind == kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_consistent() {
+        for (i, a) in KIND_TABLE.iter().enumerate() {
+            for b in &KIND_TABLE[i + 1..] {
+                assert_ne!(a.kind, b.kind, "duplicate kind {}", a.name);
+                assert_ne!(a.name, b.name);
+            }
+        }
+        let w = spec(Kind::METADATA_WRITE).unwrap();
+        assert!(w.allowed.contains(Role::Admin));
+        assert!(!w.allowed.contains(Role::Gateway));
+        assert!(!w.allowed.contains(Role::Chunkserver));
+        assert_eq!(format!("{:?}", Kind::PING), "Ping(0x0001)");
+        assert_eq!(format!("{:?}", Kind(0x7777)), "Kind(0x7777)");
+    }
+}
