@@ -52,6 +52,8 @@ step deps 900 tests/deps.sh
 step build 1200 cargo build --release --workspace --all-targets --locked && built=1
 step fmt 120 cargo fmt --all -- --check
 step clippy 900 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz crate is its own workspace; check that it still builds against the library.
+step fuzz-check 900 cargo check --manifest-path fuzz/Cargo.toml --locked
 if [ "$built" -eq 1 ]; then
 	step test 900 cargo test --workspace --release --locked
 else
