@@ -11,9 +11,12 @@ set -euo pipefail
 #   qemu-block-extra  QEMU's iscsi:// block driver (libiscsi)
 #   tgt               the reference target (conformance --target tgt, benches)
 #   sg3-utils, fio    manual checks and benches/bench.sh
+#   qemu-system-x86   vm-tests: the open-iscsi guest and the VMs booting from a LUN
+#   syslinux, syslinux-common, mtools, dosfstools   vm-tests: the bootable disk image
 #   ca-certificates, git, build-essential, pkg-config: cargo and crates
 packages=(
 	libiscsi-bin qemu-utils qemu-block-extra tgt sg3-utils fio
+	qemu-system-x86 syslinux syslinux-common mtools dosfstools
 	ca-certificates git build-essential pkg-config
 )
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The project's one test command: build, lint, unit and integration tests,
-# then the external checks against the real binary (libiscsi's conformance
-# suite, qemu-img data round trips). Prints a summary with the time of each
-# step and exits non-zero if any step failed. Every step runs even when an
-# earlier one failed, except those that need the build.
+# The project's one test command: installs the Debian packages it needs
+# (tests/deps.sh), builds, lints, runs the unit and integration tests, then
+# the external checks against the real binaries (libiscsi's conformance suite
+# at 512- and 4096-byte blocks, qemu-img data round trips, open-iscsi and
+# booting VMs in QEMU guests). Prints a summary with the time of each step and
+# exits non-zero if any step failed. Every step runs even when an earlier one
+# failed, except those that need the build.
 #
-#   tests/run.sh            everything (about 5-10 minutes on 2 cores, warm cache)
-#   tests/run.sh --quick    skip the external checks (conformance, qemu-img)
+#   tests/run.sh            everything (about 15-20 minutes on 2 cores from cold)
+#   tests/run.sh --quick    skip the external checks (conformance, qemu-img, vm-tests)
 #
-# Needs: the Rust toolchain (cargo, clippy, rustfmt) and the Debian packages
-# that .ci/run installs (libiscsi-bin, qemu-utils, qemu-block-extra, tgt...).
+# Needs: the Rust toolchain (cargo, clippy, rustfmt); root or sudo the first
+# time, to install the Debian packages listed in tests/deps.sh.
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -63,15 +65,18 @@ if [ "$quick" -eq 1 ]; then
 	skip conformance "--quick"
 	skip conformance-4k "--quick"
 	skip qemu-img "--quick"
+	skip vm-tests "--quick"
 elif [ "$built" -eq 1 ]; then
 	# run.sh and roundtrip.sh have their own finer timeouts; these are backstops.
 	step conformance 1200 tests/conformance/run.sh --target weft --out "$logdir/conformance"
 	step conformance-4k 1200 tests/conformance/run.sh --target weft --block-size 4096 --out "$logdir/conformance-4k"
 	step qemu-img 900 tests/qemu-img/roundtrip.sh --target weft --out "$logdir/qemu-img"
+	step vm-tests 1500 env WEFT_GATEWAY="$root/target/release/weft-gateway" vm-tests/run.sh --out "$logdir/vm-tests"
 else
 	skip conformance "build failed"
 	skip conformance-4k "build failed"
 	skip qemu-img "build failed"
+	skip vm-tests "build failed"
 fi
 
 status=0
