@@ -10,7 +10,7 @@ secs=${1:-600}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(pdu_decode login_text cdb_parse fabric_frame)
+    targets=(pdu_decode login_text cdb_parse fabric_frame chunk_request)
 fi
 export RUSTC_BOOTSTRAP=1
 mkdir -p target/logs

@@ -39,6 +39,28 @@ impl Kind {
     pub const CHUNK_READ: Kind = Kind(0x0300);
     /// Write chunk data (to an extent primary, or primary to chunk holder).
     pub const CHUNK_WRITE: Kind = Kind(0x0301);
+    /// XOR a parity delta into a chunk (extent primary to parity holder).
+    pub const CHUNK_APPLY_DELTA: Kind = Kind(0x0302);
+    /// Punch (deallocate) a range of a chunk: UNMAP.
+    pub const CHUNK_PUNCH: Kind = Kind(0x0303);
+    /// Create an empty chunk.
+    pub const CHUNK_CREATE: Kind = Kind(0x0304);
+    /// Delete a chunk.
+    pub const CHUNK_DELETE: Kind = Kind(0x0305);
+    /// Raise a chunk's epoch.
+    pub const CHUNK_SET_EPOCH: Kind = Kind(0x0306);
+    /// Stream a whole chunk out (repair, migration).
+    pub const CHUNK_FETCH: Kind = Kind(0x0307);
+    /// Stream a whole chunk in (repair, migration).
+    pub const CHUNK_PUT: Kind = Kind(0x0308);
+    /// List the chunks a node holds.
+    pub const CHUNK_LIST: Kind = Kind(0x0309);
+    /// A chunkserver's capacity and counters.
+    pub const CHUNK_STATS: Kind = Kind(0x030a);
+    /// Make buffered chunk writes stable.
+    pub const CHUNK_FLUSH: Kind = Kind(0x030b);
+    /// Scrub every chunk now and report bad blocks.
+    pub const CHUNK_SCRUB: Kind = Kind(0x030c);
 }
 
 impl fmt::Debug for Kind {
@@ -142,6 +164,72 @@ pub static KIND_TABLE: &[KindSpec] = &[
     KindSpec {
         kind: Kind::CHUNK_WRITE,
         name: "ChunkWrite",
+        allowed: RoleSet::ALL,
+    },
+    // Chunk kinds beyond read/write (messages in `wire::chunk`, served by
+    // the chunkserver; `docs/chunkserver.md` has the reasons in full).
+    // Punch is UNMAP, write's counterpart: same senders as write.
+    KindSpec {
+        kind: Kind::CHUNK_PUNCH,
+        name: "ChunkPunch",
+        allowed: RoleSet::ALL,
+    },
+    // Parity deltas, whole-chunk streams and epoch changes come only from
+    // other chunkservers (the extent primary, repair, migration, the
+    // metadata replicas): a gateway that sent them could make parity
+    // disagree with data or roll a chunk back.
+    KindSpec {
+        kind: Kind::CHUNK_APPLY_DELTA,
+        name: "ChunkApplyDelta",
+        allowed: RoleSet::CHUNKSERVER,
+    },
+    KindSpec {
+        kind: Kind::CHUNK_SET_EPOCH,
+        name: "ChunkSetEpoch",
+        allowed: RoleSet::CHUNKSERVER,
+    },
+    KindSpec {
+        kind: Kind::CHUNK_FETCH,
+        name: "ChunkFetch",
+        allowed: RoleSet::CHUNKSERVER,
+    },
+    KindSpec {
+        kind: Kind::CHUNK_PUT,
+        name: "ChunkPut",
+        allowed: RoleSet::CHUNKSERVER,
+    },
+    // Creating and deleting chunks follows placement (chunkservers) or an
+    // operator; a gateway can never delete data wholesale.
+    KindSpec {
+        kind: Kind::CHUNK_CREATE,
+        name: "ChunkCreate",
+        allowed: RoleSet::CHUNKSERVER.union(RoleSet::ADMIN),
+    },
+    KindSpec {
+        kind: Kind::CHUNK_DELETE,
+        name: "ChunkDelete",
+        allowed: RoleSet::CHUNKSERVER.union(RoleSet::ADMIN),
+    },
+    // Listing and scrubbing are for repair (chunkservers) and operators.
+    KindSpec {
+        kind: Kind::CHUNK_LIST,
+        name: "ChunkList",
+        allowed: RoleSet::CHUNKSERVER.union(RoleSet::ADMIN),
+    },
+    KindSpec {
+        kind: Kind::CHUNK_SCRUB,
+        name: "ChunkScrub",
+        allowed: RoleSet::CHUNKSERVER.union(RoleSet::ADMIN),
+    },
+    // Read-only counters and a flush (SYNCHRONIZE CACHE) harm no one.
+    KindSpec {
+        kind: Kind::CHUNK_STATS,
+        name: "ChunkStats",
+        allowed: RoleSet::ALL,
+    },
+    KindSpec {
+        kind: Kind::CHUNK_FLUSH,
+        name: "ChunkFlush",
         allowed: RoleSet::ALL,
     },
 ];

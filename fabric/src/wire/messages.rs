@@ -90,6 +90,7 @@ pub(crate) fn decode_any_header_for_fuzz(frame: &Frame) {
     if frame.kind == Kind::GOSSIP {
         let _ = postcard::from_bytes::<crate::gossip::message::Envelope>(&frame.header);
     }
+    super::chunk::decode_headers_for_fuzz(frame.kind, &frame.header);
     // Kinds added to the table add their decoders here.
     let _ = KIND_TABLE;
 }

@@ -2,6 +2,7 @@
 //! raw payload), message kinds with their role table, and typed messages.
 //! Sans-IO throughout.
 
+pub mod chunk;
 pub mod frame;
 pub mod kinds;
 pub mod messages;

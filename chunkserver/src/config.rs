@@ -1,0 +1,429 @@
+//! `etc/chunkserver.toml`: what one chunkserver is and where it keeps its
+//! data. Unknown keys are errors (a misspelt `reserve` must not silently
+//! mean "no reserve"); every error names the file and the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fabric::gossip::state::Location;
+use fabric::gossip::Seed;
+use fabric::NodeId;
+use serde::Deserialize;
+
+use crate::journal::JOURNAL_BYTES_MAX_DEFAULT;
+use crate::service::CAPACITY_INTERVAL_MS_DEFAULT;
+use crate::store::{StoreConfig, BLOCK_BYTES};
+
+/// Largest chunk accepted by default: a 64 MiB extent over k = 1.
+pub const CHUNK_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Scrub pace by default: 2,560 blocks/s = 10 MiB/s, a full pass of 1 TiB
+/// in about 29 hours, without hurting foreground I/O.
+pub const SCRUB_BLOCKS_PER_SEC_DEFAULT: u64 = 2_560;
+/// Pause between scrub passes by default (one day).
+pub const SCRUB_INTERVAL_SECS_DEFAULT: u64 = 86_400;
+/// Largest config file read, in bytes (it is a few lines).
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Why the config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: larger than {CONFIG_FILE_BYTES_MAX} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// A byte count written as an integer (bytes) or a string with a binary
+/// suffix: `"512K"`, `"64M"`, `"1G"`, `"2T"` (also `KiB`, `MiB`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_bytes(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"64M"`-style sizes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, \"64M\", \"1G\")"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => return Err(format!("unknown size unit {other:?} in {s:?} (K, M, G, T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} overflows 64 bits"))
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node: RawNode,
+    fabric: RawFabric,
+    store: RawStore,
+    #[serde(default)]
+    scrub: RawScrub,
+    #[serde(default)]
+    gossip: RawGossip,
+    #[serde(default)]
+    journal: RawJournal,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    #[serde(default)]
+    labels: RawLabels,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLabels {
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    rack: String,
+    #[serde(default)]
+    host: String,
+    lat_long: Option<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFabric {
+    listen: SocketAddr,
+    public: Option<SocketAddr>,
+    cert_dir: PathBuf,
+    #[serde(default)]
+    seeds: Vec<RawSeed>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSeed {
+    node: String,
+    addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    data_dir: PathBuf,
+    capacity: ByteSize,
+    #[serde(default = "zero")]
+    reserve: ByteSize,
+    chunk_bytes_max: Option<ByteSize>,
+}
+
+fn zero() -> ByteSize {
+    ByteSize(0)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScrub {
+    #[serde(default = "scrub_rate")]
+    blocks_per_sec: u64,
+    #[serde(default = "scrub_interval")]
+    interval_secs: u64,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+impl Default for RawScrub {
+    fn default() -> Self {
+        RawScrub {
+            blocks_per_sec: scrub_rate(),
+            interval_secs: scrub_interval(),
+            enabled: true,
+        }
+    }
+}
+
+fn scrub_rate() -> u64 {
+    SCRUB_BLOCKS_PER_SEC_DEFAULT
+}
+fn scrub_interval() -> u64 {
+    SCRUB_INTERVAL_SECS_DEFAULT
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGossip {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "capacity_interval")]
+    capacity_interval_ms: u64,
+}
+
+impl Default for RawGossip {
+    fn default() -> Self {
+        RawGossip {
+            enabled: true,
+            capacity_interval_ms: capacity_interval(),
+        }
+    }
+}
+
+fn capacity_interval() -> u64 {
+    CAPACITY_INTERVAL_MS_DEFAULT
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    dir: Option<PathBuf>,
+    bytes_max: Option<ByteSize>,
+}
+
+/// A checked chunkserver configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_id: NodeId,
+    pub location: Location,
+    pub listen: SocketAddr,
+    pub public: Option<SocketAddr>,
+    pub cert_dir: PathBuf,
+    pub seeds: Vec<Seed>,
+    pub store: StoreConfig,
+    /// 0: no background scrubber.
+    pub scrub_blocks_per_sec: u64,
+    pub scrub_interval_secs: u64,
+    pub gossip: bool,
+    pub capacity_interval_ms: u64,
+    pub journal_dir: PathBuf,
+    pub journal_bytes_max: u64,
+}
+
+impl Config {
+    /// Reads and checks `path`. Relative paths inside are taken relative to
+    /// the file's directory, so a config and its data can move together.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(read)?.len();
+        if len > CONFIG_FILE_BYTES_MAX {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path, base)
+    }
+
+    /// Parses `text` (named `path` in errors), resolving relative paths
+    /// against `base`.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let node_id =
+            NodeId::new(raw.node.id.clone()).map_err(|e| invalid("node.id", e.to_string()))?;
+        let mut seeds = Vec::new();
+        for s in &raw.fabric.seeds {
+            let node =
+                NodeId::new(s.node.clone()).map_err(|e| invalid("fabric.seeds", e.to_string()))?;
+            seeds.push(Seed { node, addr: s.addr });
+        }
+        let capacity = raw.store.capacity.0;
+        let reserve = raw.store.reserve.0;
+        if reserve >= capacity {
+            return Err(invalid(
+                "store.reserve",
+                format!("{reserve} bytes leaves nothing of a {capacity}-byte capacity"),
+            ));
+        }
+        let chunk_bytes_max = raw
+            .store
+            .chunk_bytes_max
+            .map_or(CHUNK_BYTES_MAX_DEFAULT, |b| b.0);
+        if chunk_bytes_max == 0 || !chunk_bytes_max.is_multiple_of(BLOCK_BYTES) {
+            return Err(invalid(
+                "store.chunk_bytes_max",
+                format!("{chunk_bytes_max} is not a positive multiple of {BLOCK_BYTES}"),
+            ));
+        }
+        if raw.gossip.capacity_interval_ms == 0 {
+            return Err(invalid(
+                "gossip.capacity_interval_ms",
+                "must be positive".into(),
+            ));
+        }
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let data_dir = resolve(&raw.store.data_dir);
+        let journal_dir = raw
+            .journal
+            .dir
+            .as_deref()
+            .map_or_else(|| data_dir.join("journal"), resolve);
+        let l = raw.node.labels;
+        Ok(Config {
+            node_id,
+            location: Location {
+                region: l.region,
+                site: l.site,
+                rack: l.rack,
+                host: l.host,
+                lat_long: l.lat_long,
+            },
+            listen: raw.fabric.listen,
+            public: raw.fabric.public,
+            cert_dir: resolve(&raw.fabric.cert_dir),
+            seeds,
+            store: StoreConfig {
+                data_dir,
+                capacity_bytes: capacity,
+                reserve_bytes: reserve,
+                chunk_bytes_max,
+            },
+            scrub_blocks_per_sec: if raw.scrub.enabled {
+                raw.scrub.blocks_per_sec
+            } else {
+                0
+            },
+            scrub_interval_secs: raw.scrub.interval_secs,
+            gossip: raw.gossip.enabled,
+            capacity_interval_ms: raw.gossip.capacity_interval_ms,
+            journal_dir,
+            journal_bytes_max: raw
+                .journal
+                .bytes_max
+                .map_or(JOURNAL_BYTES_MAX_DEFAULT, |b| b.0),
+        })
+    }
+}
+
+/// Seed lists as `BTreeMap` for logs.
+pub fn describe_seeds(seeds: &[Seed]) -> BTreeMap<String, SocketAddr> {
+    seeds
+        .iter()
+        .map(|s| (s.node.as_str().to_owned(), s.addr))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+id = "cs-1"
+labels = { site = "a", rack = "r1" }
+[fabric]
+listen = "127.0.0.1:7400"
+cert_dir = "certs"
+seeds = [{ node = "cs-2", addr = "127.0.0.1:7401" }]
+[store]
+data_dir = "/var/lib/weft"
+capacity = "1G"
+reserve = "64M"
+[scrub]
+blocks_per_sec = 100
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"), Path::new("/etc/weft"))
+    }
+
+    #[test]
+    fn parses_and_resolves() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.node_id.as_str(), "cs-1");
+        assert_eq!(c.store.capacity_bytes, 1 << 30);
+        assert_eq!(c.store.reserve_bytes, 64 << 20);
+        assert_eq!(c.cert_dir, PathBuf::from("/etc/weft/certs"));
+        assert_eq!(c.journal_dir, PathBuf::from("/var/lib/weft/journal"));
+        assert_eq!(c.location.rack, "r1");
+        assert_eq!(c.seeds.len(), 1);
+        assert_eq!(c.scrub_blocks_per_sec, 100);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (GOOD.replace("reserve", "reserv"), "reserv"),
+            (GOOD.replace("\"64M\"", "\"2G\""), "store.reserve"),
+            (GOOD.replace("\"1G\"", "\"1Q\""), "unknown size unit"),
+            (GOOD.replace("cs-1", "CS_1"), "node.id"),
+            (GOOD.replace("127.0.0.1:7400", "nowhere"), "listen"),
+            (format!("{GOOD}\n[extra]\n"), "extra"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+            assert!(e.contains("t.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_sample_config_parses() {
+        let text = include_str!("../../etc/chunkserver.toml");
+        let c = Config::parse(text, Path::new("chunkserver.toml"), Path::new("/etc/weft")).unwrap();
+        assert_eq!(c.store.reserve_bytes, 20 << 30);
+        assert_eq!(c.scrub_blocks_per_sec, SCRUB_BLOCKS_PER_SEC_DEFAULT);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("4K"), Ok(4096));
+        assert_eq!(parse_bytes("2MiB"), Ok(2 << 20));
+        assert!(parse_bytes("99999999999T").is_err());
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("-1").is_err());
+    }
+}

@@ -1,0 +1,1215 @@
+//! The chunk store: chunks on local disk, a CRC32C per 4 KiB block verified
+//! on every read, an LMDB index, group-committed durability, a scrubber.
+//!
+//! Layout, crash-safety argument and numbers: `docs/chunk-store.md`.
+//!
+//! Invariant: no byte of a block is returned unless the block verifies
+//! against its checksum entry and is not marked bad. Boundary: this module
+//! knows chunks and epochs, not extents' placement, parity or the network.
+
+mod file;
+mod index;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use file::Entry;
+pub use file::{CRC_ENTRY_BYTES, CRC_TABLE_ALIGN_BYTES};
+use index::{Index, Record};
+pub use index::{FORMAT_VERSION, RECORD_VERSION};
+
+/// Checksum granularity; every offset and length is a multiple of it.
+pub const BLOCK_BYTES: u64 = 4096;
+/// Added to every chunk's version when the store was not closed cleanly:
+/// versions bumped in memory since the last flush were lost, and a version
+/// must never repeat for different contents.
+pub const VERSION_CRASH_BUMP: u64 = 1 << 32;
+/// Blocks the scrubber verifies per read.
+pub const SCRUB_BATCH_BLOCKS: u64 = 256;
+
+/// One node's share of one extent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+pub struct ChunkId {
+    pub lun: u64,
+    pub extent: u64,
+    /// Index in the stripe (0..k+m).
+    pub index: u8,
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.lun, self.extent, self.index)
+    }
+}
+
+impl ChunkId {
+    /// Index key: big-endian so LMDB order is (lun, extent, index).
+    fn to_key(self) -> [u8; 17] {
+        let mut k = [0u8; 17];
+        k[..8].copy_from_slice(&self.lun.to_be_bytes());
+        k[8..16].copy_from_slice(&self.extent.to_be_bytes());
+        k[16] = self.index;
+        k
+    }
+
+    fn from_key(k: &[u8]) -> Option<ChunkId> {
+        let k: &[u8; 17] = k.try_into().ok()?;
+        let (lun, rest) = k.split_first_chunk::<8>()?;
+        let (extent, index) = rest.split_first_chunk::<8>()?;
+        Some(ChunkId {
+            lun: u64::from_be_bytes(*lun),
+            extent: u64::from_be_bytes(*extent),
+            index: *index.first()?,
+        })
+    }
+
+    fn rel_path(self) -> PathBuf {
+        PathBuf::from(format!("{:016x}", self.lun))
+            .join(format!("{:016x}-{:02x}.chunk", self.extent, self.index))
+    }
+}
+
+/// How durable a mutation must be before it is acknowledged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Durability {
+    /// In the page cache: survives the process dying, not the machine.
+    Buffered,
+    /// FUA: on stable storage before Ok (group-committed fdatasync).
+    Stable,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// Bytes this store may use (sum of chunk sizes).
+    pub capacity_bytes: u64,
+    /// New chunks are refused once `used + size > capacity - reserve`.
+    pub reserve_bytes: u64,
+    /// Largest chunk accepted.
+    pub chunk_bytes_max: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ChunkMeta {
+    pub size_bytes: u64,
+    pub epoch: u64,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ChunkState {
+    Ok,
+    /// These blocks failed verification (or were lost) and are never served
+    /// until rewritten by `overwrite`, `write_whole` or `punch`.
+    NeedsRepair {
+        blocks: Vec<u64>,
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    pub id: ChunkId,
+    pub size_bytes: u64,
+    pub epoch: u64,
+    pub version: u64,
+    pub state: ChunkState,
+    pub allocated_bytes: u64,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub capacity_bytes: u64,
+    /// Sum of chunk sizes (thin chunks are accounted at full size).
+    pub used_bytes: u64,
+    pub reserve_bytes: u64,
+    pub chunks: u64,
+    /// Blocks that failed verification since open (reads and scrubs).
+    pub checksum_errors: u64,
+    /// `used >= capacity - reserve`: no new chunks accepted.
+    pub full: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct ScrubReport {
+    pub checked_blocks: u64,
+    pub bad: Vec<(ChunkId, Vec<u64>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("chunk {0} not found")]
+    NotFound(ChunkId),
+    #[error("chunk {0} already exists")]
+    Exists(ChunkId),
+    #[error("chunk {id}: stale epoch {got}, chunk is at {have}")]
+    StaleEpoch { id: ChunkId, have: u64, got: u64 },
+    #[error("chunk {id}: range {offset}+{len} outside its {size_bytes} bytes")]
+    OutOfRange {
+        id: ChunkId,
+        offset: u64,
+        len: u64,
+        size_bytes: u64,
+    },
+    #[error("offset {offset} / length {len} not multiples of {BLOCK_BYTES}")]
+    Misaligned { offset: u64, len: u64 },
+    #[error("chunk {id}: checksum mismatch in blocks {blocks:?}")]
+    Checksum { id: ChunkId, blocks: Vec<u64> },
+    #[error("store full: {used} bytes used of {capacity}, {reserve} reserved")]
+    Full {
+        used: u64,
+        capacity: u64,
+        reserve: u64,
+    },
+    #[error("chunk of {size_bytes} bytes exceeds the {max_bytes} byte limit")]
+    TooLarge { size_bytes: u64, max_bytes: u64 },
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("index: {0}")]
+    Index(String),
+}
+
+/// In-memory state of one open chunk.
+struct Chunk {
+    id: ChunkId,
+    size_bytes: u64,
+    file: File,
+    /// Shared by reads, exclusive for mutations: a read sees each block's
+    /// data and checksum entry from the same moment.
+    io: RwLock<()>,
+    state: Mutex<ChunkMut>,
+}
+
+struct ChunkMut {
+    epoch: u64,
+    version: u64,
+    bad: BTreeSet<u64>,
+    /// Removed or replaced: operations through this handle answer NotFound.
+    gone: bool,
+}
+
+impl Chunk {
+    fn record(&self) -> Record {
+        let s = self.state.lock();
+        Record {
+            size_bytes: self.size_bytes,
+            epoch: s.epoch,
+            version: s.version,
+            bad_blocks: s.bad.iter().copied().collect(),
+        }
+    }
+
+    fn info(&self) -> ChunkInfo {
+        let s = self.state.lock();
+        ChunkInfo {
+            id: self.id,
+            size_bytes: self.size_bytes,
+            epoch: s.epoch,
+            version: s.version,
+            state: if s.bad.is_empty() {
+                ChunkState::Ok
+            } else {
+                ChunkState::NeedsRepair {
+                    blocks: s.bad.iter().copied().collect(),
+                }
+            },
+            allocated_bytes: file::allocated_bytes(&self.file),
+        }
+    }
+
+    /// Check the epoch; a newer one is accepted and raised (returns true:
+    /// the caller persists the record before acknowledging).
+    fn admit(&self, epoch: u64) -> Result<bool, StoreError> {
+        let mut s = self.state.lock();
+        if s.gone {
+            return Err(StoreError::NotFound(self.id));
+        }
+        if epoch < s.epoch {
+            return Err(StoreError::StaleEpoch {
+                id: self.id,
+                have: s.epoch,
+                got: epoch,
+            });
+        }
+        let raised = epoch > s.epoch;
+        s.epoch = epoch;
+        Ok(raised)
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), StoreError> {
+        if !offset.is_multiple_of(BLOCK_BYTES) || !len.is_multiple_of(BLOCK_BYTES) {
+            return Err(StoreError::Misaligned { offset, len });
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size_bytes => Ok(()),
+            _ => Err(StoreError::OutOfRange {
+                id: self.id,
+                offset,
+                len,
+                size_bytes: self.size_bytes,
+            }),
+        }
+    }
+}
+
+/// What a mutation does to the range's old contents.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mutation {
+    /// Replace, return old ⊕ new (old must verify).
+    Write,
+    /// new = old ⊕ data (old must verify).
+    Xor,
+    /// Replace without looking at the old contents (repair, replay).
+    Overwrite,
+}
+
+/// Group commit: mutations register their chunk here after their pwrite; a
+/// syncer takes everything registered so far, fdatasyncs it once, and
+/// publishes the sequence number it covered.
+struct SyncState {
+    /// (last sequence number handed out, chunks written since last sync)
+    dirty: Mutex<(u64, HashMap<ChunkId, Arc<Chunk>>)>,
+    synced: AtomicU64,
+    leader: tokio::sync::Mutex<()>,
+}
+
+struct Inner {
+    cfg: StoreConfig,
+    chunks_dir: PathBuf,
+    index: Index,
+    chunks: RwLock<HashMap<ChunkId, Arc<Chunk>>>,
+    used_bytes: AtomicU64,
+    checksum_errors: AtomicU64,
+    sync: SyncState,
+    /// Chunks whose version moved since their record was last written.
+    versions_dirty: Mutex<BTreeSet<ChunkId>>,
+    /// Serializes create, write_whole and delete (file creation/rename).
+    admin: Mutex<()>,
+    /// Cleared by `abandon`: drop without the clean-close step.
+    close_on_drop: std::sync::atomic::AtomicBool,
+}
+
+/// The chunk store. Cheap to share behind an `Arc`.
+pub struct ChunkStore {
+    inner: Arc<Inner>,
+}
+
+fn io_other(e: impl fmt::Display) -> StoreError {
+    StoreError::Io(io::Error::other(e.to_string()))
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(io_other)?
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn open_chunk_file(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+}
+
+impl ChunkStore {
+    /// Open (or create) the store under `cfg.data_dir` and recover:
+    /// check the format version, load the index, recreate files of chunks
+    /// whose file vanished (all blocks marked bad), remove files the index
+    /// does not know (a create or delete cut short), and if the last
+    /// process did not close cleanly, bump every version.
+    pub fn open(cfg: StoreConfig) -> Result<ChunkStore, StoreError> {
+        let chunks_dir = cfg.data_dir.join("chunks");
+        std::fs::create_dir_all(&chunks_dir)?;
+        let opened = Index::open(&cfg.data_dir.join("index"))?;
+        let index = opened.index;
+        let mut chunks = HashMap::new();
+        let mut used = 0u64;
+        let mut rewrite = Vec::new();
+        for (id, mut rec) in opened.records {
+            let path = chunks_dir.join(id.rel_path());
+            let mut changed = false;
+            let file = match open_chunk_file(&path, false) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    tracing::error!(chunk = %id, "chunk file missing: every block needs repair");
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    let f = open_chunk_file(&path, true)?;
+                    f.set_len(file::file_len(rec.size_bytes))?;
+                    rec.bad_blocks = (0..rec.size_bytes / BLOCK_BYTES).collect();
+                    changed = true;
+                    f
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if file.metadata()?.len() < file::file_len(rec.size_bytes) {
+                file.set_len(file::file_len(rec.size_bytes))?;
+            }
+            if !opened.was_clean {
+                rec.version = rec.version.saturating_add(VERSION_CRASH_BUMP);
+                changed = true;
+            }
+            if changed {
+                rewrite.push((id, rec.clone()));
+            }
+            used = used.saturating_add(rec.size_bytes);
+            let chunk = Chunk {
+                id,
+                size_bytes: rec.size_bytes,
+                file,
+                io: RwLock::new(()),
+                state: Mutex::new(ChunkMut {
+                    epoch: rec.epoch,
+                    version: rec.version,
+                    bad: rec.bad_blocks.iter().copied().collect(),
+                    gone: false,
+                }),
+            };
+            chunks.insert(id, Arc::new(chunk));
+        }
+        index.apply(&rewrite, &[])?;
+        remove_orphans(&chunks_dir, &chunks)?;
+        if !opened.was_clean {
+            tracing::warn!(chunks = chunks.len(), "chunk store was not closed cleanly");
+        }
+        Ok(ChunkStore {
+            inner: Arc::new(Inner {
+                cfg,
+                chunks_dir,
+                index,
+                chunks: RwLock::new(chunks),
+                used_bytes: AtomicU64::new(used),
+                checksum_errors: AtomicU64::new(0),
+                sync: SyncState {
+                    dirty: Mutex::new((0, HashMap::new())),
+                    synced: AtomicU64::new(0),
+                    leader: tokio::sync::Mutex::new(()),
+                },
+                versions_dirty: Mutex::new(BTreeSet::new()),
+                admin: Mutex::new(()),
+                close_on_drop: std::sync::atomic::AtomicBool::new(true),
+            }),
+        })
+    }
+
+    /// Drop the store as if the process had died: no sync, versions not
+    /// persisted, the index stays marked unclean (the next `open` recovers
+    /// as after a crash). Page-cache contents survive, as with SIGKILL.
+    pub fn abandon(self) {
+        self.inner.close_on_drop.store(false, Ordering::SeqCst);
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+
+    fn get(&self, id: ChunkId) -> Result<Arc<Chunk>, StoreError> {
+        self.inner
+            .chunks
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    fn check_size(&self, size_bytes: u64) -> Result<(), StoreError> {
+        if !size_bytes.is_multiple_of(BLOCK_BYTES) {
+            return Err(StoreError::Misaligned {
+                offset: 0,
+                len: size_bytes,
+            });
+        }
+        if size_bytes > self.inner.cfg.chunk_bytes_max {
+            return Err(StoreError::TooLarge {
+                size_bytes,
+                max_bytes: self.inner.cfg.chunk_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reserve `extra` bytes for a new chunk or refuse with Full.
+    fn admit_bytes(&self, extra: u64) -> Result<(), StoreError> {
+        let cfg = &self.inner.cfg;
+        let limit = cfg.capacity_bytes.saturating_sub(cfg.reserve_bytes);
+        self.inner
+            .used_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(extra).filter(|n| *n <= limit)
+            })
+            .map(|_| ())
+            .map_err(|used| StoreError::Full {
+                used,
+                capacity: cfg.capacity_bytes,
+                reserve: cfg.reserve_bytes,
+            })
+    }
+
+    /// Create an empty (all-zero, unallocated) chunk. Durable on return.
+    pub async fn create(&self, id: ChunkId, meta: ChunkMeta) -> Result<(), StoreError> {
+        self.check_size(meta.size_bytes)?;
+        if self.inner.chunks.read().contains_key(&id) {
+            return Err(StoreError::Exists(id));
+        }
+        self.admit_bytes(meta.size_bytes)?;
+        let inner = self.inner.clone();
+        let res = blocking(move || {
+            let _admin = inner.admin.lock();
+            if inner.chunks.read().contains_key(&id) {
+                return Err(StoreError::Exists(id));
+            }
+            let path = inner.chunks_dir.join(id.rel_path());
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            std::fs::create_dir_all(&dir)?;
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path);
+            let f = match f {
+                Ok(f) => f,
+                // A file the index does not know: left by a create cut short.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let f = open_chunk_file(&path, false)?;
+                    f.set_len(0)?;
+                    f
+                }
+                Err(e) => return Err(e.into()),
+            };
+            f.set_len(file::file_len(meta.size_bytes))?;
+            f.sync_all()?;
+            sync_dir(&dir)?;
+            sync_dir(&inner.chunks_dir)?;
+            let chunk = Arc::new(Chunk {
+                id,
+                size_bytes: meta.size_bytes,
+                file: f,
+                io: RwLock::new(()),
+                state: Mutex::new(ChunkMut {
+                    epoch: meta.epoch,
+                    version: 0,
+                    bad: BTreeSet::new(),
+                    gone: false,
+                }),
+            });
+            let mut map = inner.chunks.write();
+            if map.contains_key(&id) {
+                return Err(StoreError::Exists(id));
+            }
+            inner.index.apply(&[(id, chunk.record())], &[])?;
+            map.insert(id, chunk);
+            Ok(())
+        })
+        .await;
+        if res.is_err() {
+            self.inner
+                .used_bytes
+                .fetch_sub(meta.size_bytes, Ordering::SeqCst);
+        }
+        res
+    }
+
+    /// Write `data` at `offset`; returns `old ⊕ new` of the range (the
+    /// parity delta). Every old block must verify (else `Checksum`, nothing
+    /// written). A newer epoch is accepted and raised durably.
+    pub async fn write(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: Bytes,
+        epoch: u64,
+        d: Durability,
+    ) -> Result<Bytes, StoreError> {
+        let delta = self
+            .mutate(id, offset, data, epoch, d, Mutation::Write)
+            .await?;
+        Ok(delta)
+    }
+
+    /// XOR `delta` into the range (parity update). Old blocks must verify.
+    pub async fn apply_delta(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        delta: Bytes,
+        epoch: u64,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        self.mutate(id, offset, delta, epoch, d, Mutation::Xor)
+            .await?;
+        Ok(())
+    }
+
+    /// Write `data` at `offset` without reading or verifying the old
+    /// contents; clears the range's bad marks. For repair and journal
+    /// replay, where the old contents may be torn or unknown.
+    pub async fn overwrite(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: Bytes,
+        epoch: u64,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        self.mutate(id, offset, data, epoch, d, Mutation::Overwrite)
+            .await?;
+        Ok(())
+    }
+
+    async fn mutate(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: Bytes,
+        epoch: u64,
+        d: Durability,
+        m: Mutation,
+    ) -> Result<Bytes, StoreError> {
+        let chunk = self.get(id)?;
+        chunk.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            self.admit_epoch(&chunk, epoch).await?;
+            return Ok(Bytes::new());
+        }
+        let inner = self.inner.clone();
+        let c = chunk.clone();
+        let out = blocking(move || {
+            if c.admit(epoch)? {
+                inner.index.apply(&[(c.id, c.record())], &[])?;
+            }
+            let _io = c.io.write();
+            if c.state.lock().gone {
+                return Err(StoreError::NotFound(c.id));
+            }
+            let first = offset / BLOCK_BYTES;
+            let n = data.len() as u64 / BLOCK_BYTES;
+            let entries = file::read_entries(&c.file, c.size_bytes, first, n)?;
+            // `out`: what the caller gets back (the delta, for Write);
+            // `xored`: the new contents when they are not `data` itself.
+            let (out, xored, prevs) = if m == Mutation::Overwrite {
+                let prevs: Vec<u32> = entries.iter().map(|e| e.cur).collect();
+                (Vec::new(), None, prevs)
+            } else {
+                let mut old = file::read_data(&c.file, offset, data.len() as u64)?;
+                let mut bad: Vec<u64> = file::verify(&old, &entries)
+                    .into_iter()
+                    .map(|b| b + first)
+                    .collect();
+                {
+                    let s = c.state.lock();
+                    bad.extend(s.bad.range(first..first + n).copied());
+                }
+                if !bad.is_empty() {
+                    bad.sort_unstable();
+                    bad.dedup();
+                    inner.note_bad(&c, &bad);
+                    return Err(StoreError::Checksum {
+                        id: c.id,
+                        blocks: bad,
+                    });
+                }
+                let prevs: Vec<u32> = old
+                    .chunks_exact(BLOCK_BYTES as usize)
+                    .map(file::block_sum)
+                    .collect();
+                for (o, x) in old.iter_mut().zip(data.iter()) {
+                    *o ^= *x;
+                }
+                if m == Mutation::Write {
+                    (old, None, prevs)
+                } else {
+                    (Vec::new(), Some(old), prevs)
+                }
+            };
+            let new: &[u8] = xored.as_deref().unwrap_or(&data);
+            let new_entries: Vec<Entry> = new
+                .chunks_exact(BLOCK_BYTES as usize)
+                .zip(prevs)
+                .map(|(b, prev)| Entry {
+                    prev,
+                    cur: file::block_sum(b),
+                })
+                .collect();
+            // Checksums first, then data: a process dying in between leaves
+            // the old data, which still matches `prev`.
+            file::write_entries(&c.file, c.size_bytes, first, &new_entries)?;
+            c.file.write_all_at(new, offset)?;
+            let cleared = {
+                let mut s = c.state.lock();
+                s.version += 1;
+                let before = s.bad.len();
+                if m == Mutation::Overwrite {
+                    for b in first..first + n {
+                        s.bad.remove(&b);
+                    }
+                }
+                before != s.bad.len()
+            };
+            if cleared {
+                inner.index.apply(&[(c.id, c.record())], &[])?;
+            }
+            Ok(out)
+        })
+        .await?;
+        let seq = self.inner.mark_dirty(&chunk);
+        if d == Durability::Stable {
+            self.sync_through(seq).await?;
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Read `len` bytes at `offset`. Every block is verified; if any fails
+    /// (or is marked bad) the answer is `Checksum` naming them, never bytes.
+    pub async fn read(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: u64,
+        epoch: u64,
+    ) -> Result<Bytes, StoreError> {
+        let chunk = self.get(id)?;
+        chunk.check_range(offset, len)?;
+        {
+            let s = chunk.state.lock();
+            if epoch < s.epoch {
+                return Err(StoreError::StaleEpoch {
+                    id,
+                    have: s.epoch,
+                    got: epoch,
+                });
+            }
+        }
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let inner = self.inner.clone();
+        blocking(move || inner.read_verified(&chunk, offset, len).map(Bytes::from)).await
+    }
+
+    /// Deallocate the range; it reads back as zeroes.
+    pub async fn punch(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: u64,
+        epoch: u64,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        let chunk = self.get(id)?;
+        chunk.check_range(offset, len)?;
+        if len == 0 {
+            return self.admit_epoch(&chunk, epoch).await;
+        }
+        let inner = self.inner.clone();
+        let c = chunk.clone();
+        blocking(move || {
+            if c.admit(epoch)? {
+                inner.index.apply(&[(c.id, c.record())], &[])?;
+            }
+            let _io = c.io.write();
+            if c.state.lock().gone {
+                return Err(StoreError::NotFound(c.id));
+            }
+            let first = offset / BLOCK_BYTES;
+            let n = len / BLOCK_BYTES;
+            let entries = file::read_entries(&c.file, c.size_bytes, first, n)?;
+            let new: Vec<Entry> = entries
+                .iter()
+                .map(|e| Entry {
+                    prev: e.cur,
+                    cur: 0,
+                })
+                .collect();
+            file::write_entries(&c.file, c.size_bytes, first, &new)?;
+            file::punch_hole(&c.file, offset, len)?;
+            let cleared = {
+                let mut s = c.state.lock();
+                s.version += 1;
+                let before = s.bad.len();
+                for b in first..first + n {
+                    s.bad.remove(&b);
+                }
+                before != s.bad.len()
+            };
+            if cleared {
+                inner.index.apply(&[(c.id, c.record())], &[])?;
+            }
+            Ok(())
+        })
+        .await?;
+        let seq = self.inner.mark_dirty(&chunk);
+        if d == Durability::Stable {
+            self.sync_through(seq).await?;
+        }
+        Ok(())
+    }
+
+    /// Make every mutation completed before this call durable (shared
+    /// fdatasyncs), and persist chunk versions.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let seq = self.inner.sync.dirty.lock().0;
+        self.sync_through(seq).await?;
+        let inner = self.inner.clone();
+        blocking(move || inner.persist_versions()).await
+    }
+
+    /// Group commit: return once every mutation with sequence ≤ `seq` is on
+    /// stable storage. One caller at a time syncs everything dirty so far;
+    /// the others wait and usually find themselves covered.
+    async fn sync_through(&self, seq: u64) -> Result<(), StoreError> {
+        let sync = &self.inner.sync;
+        if sync.synced.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let _leader = sync.leader.lock().await;
+        if sync.synced.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let (upto, files) = {
+            let mut g = sync.dirty.lock();
+            (g.0, std::mem::take(&mut g.1))
+        };
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut failed = None;
+            for c in files.values() {
+                if let Err(e) = c.file.sync_data() {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                // Keep them dirty so a later flush retries (and fails loudly).
+                let mut g = inner.sync.dirty.lock();
+                for (id, c) in files {
+                    g.1.entry(id).or_insert(c);
+                }
+                return Err(e.into());
+            }
+            inner.sync.synced.fetch_max(upto, Ordering::AcqRel);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Raise the chunk's epoch (durable on return). Never lowers it.
+    pub async fn set_epoch(&self, id: ChunkId, epoch: u64) -> Result<(), StoreError> {
+        let chunk = self.get(id)?;
+        self.admit_epoch(&chunk, epoch).await
+    }
+
+    async fn admit_epoch(&self, chunk: &Arc<Chunk>, epoch: u64) -> Result<(), StoreError> {
+        let chunk = chunk.clone();
+        if !chunk.admit(epoch)? {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        blocking(move || inner.index.apply(&[(chunk.id, chunk.record())], &[])).await
+    }
+
+    /// Remove the chunk and its file; its bytes return to the free pool.
+    pub async fn delete(&self, id: ChunkId) -> Result<(), StoreError> {
+        let chunk = self
+            .inner
+            .chunks
+            .write()
+            .remove(&id)
+            .ok_or(StoreError::NotFound(id))?;
+        let inner = self.inner.clone();
+        blocking(move || {
+            let _admin = inner.admin.lock();
+            let _io = chunk.io.write();
+            chunk.state.lock().gone = true;
+            inner.sync.dirty.lock().1.remove(&id);
+            inner.versions_dirty.lock().remove(&id);
+            inner.index.apply(&[], &[id])?;
+            inner
+                .used_bytes
+                .fetch_sub(chunk.size_bytes, Ordering::SeqCst);
+            let path = inner.chunks_dir.join(id.rel_path());
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    /// Every chunk, sorted by id. Does one fstat per chunk.
+    pub fn list(&self) -> Vec<ChunkInfo> {
+        let chunks: Vec<Arc<Chunk>> = self.inner.chunks.read().values().cloned().collect();
+        let mut out: Vec<ChunkInfo> = chunks.iter().map(|c| c.info()).collect();
+        out.sort_by_key(|i| i.id);
+        out
+    }
+
+    pub fn info(&self, id: ChunkId) -> Option<ChunkInfo> {
+        self.get(id).ok().map(|c| c.info())
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let cfg = &self.inner.cfg;
+        let used = self.inner.used_bytes.load(Ordering::SeqCst);
+        StoreStats {
+            capacity_bytes: cfg.capacity_bytes,
+            used_bytes: used,
+            reserve_bytes: cfg.reserve_bytes,
+            chunks: self.inner.chunks.read().len() as u64,
+            checksum_errors: self.inner.checksum_errors.load(Ordering::Relaxed),
+            full: used >= cfg.capacity_bytes.saturating_sub(cfg.reserve_bytes),
+        }
+    }
+
+    /// Blocks needing repair, per chunk (found by reads, the scrubber, or
+    /// recovery), sorted.
+    pub fn bad_blocks(&self) -> Vec<(ChunkId, Vec<u64>)> {
+        let mut out: Vec<(ChunkId, Vec<u64>)> = self
+            .inner
+            .chunks
+            .read()
+            .values()
+            .filter_map(|c| {
+                let s = c.state.lock();
+                (!s.bad.is_empty()).then(|| (c.id, s.bad.iter().copied().collect()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The whole chunk, verified (for repair and migration).
+    pub async fn read_whole(&self, id: ChunkId) -> Result<(ChunkInfo, Bytes), StoreError> {
+        let chunk = self.get(id)?;
+        let inner = self.inner.clone();
+        blocking(move || {
+            let data = inner.read_verified(&chunk, 0, chunk.size_bytes)?;
+            Ok((chunk.info(), Bytes::from(data)))
+        })
+        .await
+    }
+
+    /// Replace (or create) the whole chunk with `data` (≤ size_bytes;
+    /// the rest is zero) at `meta.epoch`, atomically: a new file is
+    /// written, then renamed over the old one. All-zero blocks stay holes.
+    pub async fn write_whole(
+        &self,
+        id: ChunkId,
+        meta: ChunkMeta,
+        data: Bytes,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        self.check_size(meta.size_bytes)?;
+        let len = data.len() as u64;
+        if !len.is_multiple_of(BLOCK_BYTES) {
+            return Err(StoreError::Misaligned { offset: 0, len });
+        }
+        if len > meta.size_bytes {
+            return Err(StoreError::OutOfRange {
+                id,
+                offset: 0,
+                len,
+                size_bytes: meta.size_bytes,
+            });
+        }
+        let old = self.inner.chunks.read().get(&id).cloned();
+        if let Some(old) = &old {
+            let have = old.state.lock().epoch;
+            if meta.epoch < have {
+                return Err(StoreError::StaleEpoch {
+                    id,
+                    have,
+                    got: meta.epoch,
+                });
+            }
+        }
+        let old_size = old.as_ref().map_or(0, |c| c.size_bytes);
+        let grow = meta.size_bytes.saturating_sub(old_size);
+        self.admit_bytes(grow)?;
+        let inner = self.inner.clone();
+        let res = blocking(move || {
+            let _admin = inner.admin.lock();
+            let path = inner.chunks_dir.join(id.rel_path());
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            std::fs::create_dir_all(&dir)?;
+            let tmp = path.with_extension("tmp");
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.set_len(file::file_len(meta.size_bytes))?;
+            let mut entries = vec![Entry::default(); (meta.size_bytes / BLOCK_BYTES) as usize];
+            for (i, block) in data.chunks_exact(BLOCK_BYTES as usize).enumerate() {
+                let sum = file::block_sum(block);
+                if sum != 0 {
+                    f.write_all_at(block, i as u64 * BLOCK_BYTES)?;
+                    if let Some(e) = entries.get_mut(i) {
+                        *e = Entry { prev: 0, cur: sum };
+                    }
+                }
+            }
+            file::write_entries(&f, meta.size_bytes, 0, &entries)?;
+            // The rename must not become durable before the contents (else
+            // a crash could leave a renamed file of garbage): always sync.
+            f.sync_data()?;
+            let prev = inner.chunks.read().get(&id).cloned();
+            let io_guard = prev.as_ref().map(|c| c.io.write());
+            let version = match &prev {
+                Some(c) => {
+                    let mut s = c.state.lock();
+                    if meta.epoch < s.epoch {
+                        return Err(StoreError::StaleEpoch {
+                            id,
+                            have: s.epoch,
+                            got: meta.epoch,
+                        });
+                    }
+                    s.gone = true;
+                    s.version + 1
+                }
+                None => 0,
+            };
+            std::fs::rename(&tmp, &path)?;
+            if d == Durability::Stable || prev.is_none() {
+                sync_dir(&dir)?;
+                sync_dir(&inner.chunks_dir)?;
+            }
+            let chunk = Arc::new(Chunk {
+                id,
+                size_bytes: meta.size_bytes,
+                file: f,
+                io: RwLock::new(()),
+                state: Mutex::new(ChunkMut {
+                    epoch: meta.epoch,
+                    version,
+                    bad: BTreeSet::new(),
+                    gone: false,
+                }),
+            });
+            inner.index.apply(&[(id, chunk.record())], &[])?;
+            inner.sync.dirty.lock().1.remove(&id);
+            inner.chunks.write().insert(id, chunk);
+            drop(io_guard);
+            if let Some(p) = prev {
+                // Shrinking returns bytes (growing was admitted above).
+                let shrink = p.size_bytes.saturating_sub(meta.size_bytes);
+                inner.used_bytes.fetch_sub(shrink, Ordering::SeqCst);
+            }
+            Ok(())
+        })
+        .await;
+        if res.is_err() {
+            self.inner.used_bytes.fetch_sub(grow, Ordering::SeqCst);
+        }
+        res
+    }
+
+    /// Verify every block of every chunk once, at most `blocks_per_sec`
+    /// (0 = unpaced). Bad blocks are marked (never served), counted, logged
+    /// and listed in the report and in `bad_blocks()`.
+    pub async fn scrub_once(&self, blocks_per_sec: u64) -> Result<ScrubReport, StoreError> {
+        let mut ids: Vec<ChunkId> = self.inner.chunks.read().keys().copied().collect();
+        ids.sort();
+        let mut report = ScrubReport::default();
+        let start = Instant::now();
+        for id in ids {
+            let Ok(chunk) = self.get(id) else { continue };
+            let blocks = chunk.size_bytes / BLOCK_BYTES;
+            let mut bad = Vec::new();
+            let mut b = 0;
+            while b < blocks {
+                let n = SCRUB_BATCH_BLOCKS.min(blocks - b);
+                let inner = self.inner.clone();
+                let c = chunk.clone();
+                let found = blocking(move || inner.scrub_range(&c, b, n)).await?;
+                bad.extend(found);
+                b += n;
+                report.checked_blocks += n;
+                if blocks_per_sec > 0 {
+                    let due = Duration::from_secs_f64(
+                        report.checked_blocks as f64 / blocks_per_sec as f64,
+                    );
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+            if !bad.is_empty() {
+                report.bad.push((id, bad));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Scrub forever: one pass, then `interval`, then again.
+    pub fn spawn_scrubber(
+        self: Arc<Self>,
+        blocks_per_sec: u64,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                match self.scrub_once(blocks_per_sec).await {
+                    Ok(r) => tracing::info!(
+                        checked_blocks = r.checked_blocks,
+                        bad_chunks = r.bad.len(),
+                        "scrub pass done"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "scrub pass failed"),
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+}
+
+impl Inner {
+    /// Register a completed mutation for the next group commit.
+    fn mark_dirty(&self, chunk: &Arc<Chunk>) -> u64 {
+        self.versions_dirty.lock().insert(chunk.id);
+        let mut g = self.sync.dirty.lock();
+        g.0 += 1;
+        g.1.entry(chunk.id).or_insert_with(|| chunk.clone());
+        g.0
+    }
+
+    fn persist_versions(&self) -> Result<(), StoreError> {
+        let ids = std::mem::take(&mut *self.versions_dirty.lock());
+        let map = self.chunks.read();
+        let recs: Vec<(ChunkId, Record)> = ids
+            .iter()
+            .filter_map(|id| map.get(id).map(|c| (*id, c.record())))
+            .collect();
+        drop(map);
+        self.index.apply(&recs, &[])
+    }
+
+    /// Record bad blocks: memory, counter, log, index (so they survive a
+    /// restart). Persisting is best effort: the blocks still fail to verify.
+    fn note_bad(&self, c: &Chunk, blocks: &[u64]) {
+        let new = {
+            let mut s = c.state.lock();
+            blocks.iter().filter(|b| s.bad.insert(**b)).count()
+        };
+        self.checksum_errors
+            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        tracing::error!(chunk = %c.id, ?blocks, "checksum mismatch: blocks need repair");
+        if new > 0 {
+            if let Err(e) = self.index.apply(&[(c.id, c.record())], &[]) {
+                tracing::error!(chunk = %c.id, error = %e, "could not persist bad blocks");
+            }
+        }
+    }
+
+    fn read_verified(&self, c: &Chunk, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let _io = c.io.read();
+        if c.state.lock().gone {
+            return Err(StoreError::NotFound(c.id));
+        }
+        let first = offset / BLOCK_BYTES;
+        let n = len / BLOCK_BYTES;
+        let data = file::read_data(&c.file, offset, len)?;
+        let entries = file::read_entries(&c.file, c.size_bytes, first, n)?;
+        let mut bad: Vec<u64> = file::verify(&data, &entries)
+            .into_iter()
+            .map(|b| b + first)
+            .collect();
+        let known: Vec<u64> = c
+            .state
+            .lock()
+            .bad
+            .range(first..first + n)
+            .copied()
+            .collect();
+        if bad.is_empty() && known.is_empty() {
+            return Ok(data);
+        }
+        if !bad.is_empty() {
+            self.note_bad(c, &bad);
+        }
+        bad.extend(known);
+        bad.sort_unstable();
+        bad.dedup();
+        Err(StoreError::Checksum {
+            id: c.id,
+            blocks: bad,
+        })
+    }
+
+    fn scrub_range(&self, c: &Chunk, first: u64, n: u64) -> Result<Vec<u64>, StoreError> {
+        match self.read_verified(c, first * BLOCK_BYTES, n * BLOCK_BYTES) {
+            Ok(_) => Ok(Vec::new()),
+            Err(StoreError::Checksum { blocks, .. }) => Ok(blocks),
+            Err(StoreError::NotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Clean close: sync every dirty file, persist versions, mark clean.
+    fn close(&self) -> Result<(), StoreError> {
+        let files = std::mem::take(&mut self.sync.dirty.lock().1);
+        for c in files.values() {
+            c.file.sync_data()?;
+        }
+        self.persist_versions()?;
+        self.index.set_clean(true)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.close_on_drop.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "chunk store did not close cleanly");
+        }
+    }
+}
+
+/// Remove chunk files (and `.tmp` leftovers) that the index does not know.
+fn remove_orphans(
+    chunks_dir: &Path,
+    known: &HashMap<ChunkId, Arc<Chunk>>,
+) -> Result<(), StoreError> {
+    let known_paths: std::collections::HashSet<PathBuf> = known
+        .keys()
+        .map(|id| chunks_dir.join(id.rel_path()))
+        .collect();
+    for lun in std::fs::read_dir(chunks_dir)? {
+        let lun = lun?.path();
+        if !lun.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&lun)? {
+            let p = f?.path();
+            if !known_paths.contains(&p) {
+                tracing::warn!(path = %p.display(), "removing chunk file unknown to the index");
+                std::fs::remove_file(&p)?;
+            }
+        }
+    }
+    Ok(())
+}

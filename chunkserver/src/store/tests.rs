@@ -1,0 +1,1318 @@
+//! Store tests: one data-driven helper (`Harness::step`) checks every
+//! operation against an in-memory model; the model also predicts outcomes
+//! for the property test. File-level faults (bit flips, torn writes) are
+//! injected into the real files, then the store is reopened.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+const B: u64 = BLOCK_BYTES;
+
+fn id(n: u64) -> ChunkId {
+    ChunkId {
+        lun: 1,
+        extent: n,
+        index: (n % 3) as u8,
+    }
+}
+
+/// Deterministic non-zero contents for a range.
+fn pat(seed: u8, len: u64) -> Bytes {
+    (0..len)
+        .map(|i| (seed as u64 * 131 + i * 7 + 1) as u8 | 1)
+        .collect()
+}
+
+fn cfg(dir: &Path, capacity: u64, reserve: u64) -> StoreConfig {
+    StoreConfig {
+        data_dir: dir.to_path_buf(),
+        capacity_bytes: capacity,
+        reserve_bytes: reserve,
+        chunk_bytes_max: 4 * MIB,
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create {
+        c: u64,
+        size: u64,
+        epoch: u64,
+    },
+    Write {
+        c: u64,
+        off: u64,
+        len: u64,
+        seed: u8,
+        epoch: u64,
+        d: Durability,
+    },
+    Overwrite {
+        c: u64,
+        off: u64,
+        len: u64,
+        seed: u8,
+        epoch: u64,
+    },
+    Delta {
+        c: u64,
+        off: u64,
+        len: u64,
+        seed: u8,
+        epoch: u64,
+    },
+    Read {
+        c: u64,
+        off: u64,
+        len: u64,
+        epoch: u64,
+    },
+    Punch {
+        c: u64,
+        off: u64,
+        len: u64,
+        epoch: u64,
+    },
+    SetEpoch {
+        c: u64,
+        epoch: u64,
+    },
+    Delete {
+        c: u64,
+    },
+    WriteWhole {
+        c: u64,
+        size: u64,
+        len: u64,
+        seed: u8,
+        epoch: u64,
+    },
+    Flush,
+}
+
+#[derive(Clone, Default)]
+struct ModelChunk {
+    epoch: u64,
+    data: Vec<u8>,
+}
+
+/// The oracle: what the store must answer.
+#[derive(Default)]
+struct Model {
+    chunks: HashMap<u64, ModelChunk>,
+    capacity: u64,
+    reserve: u64,
+    max: u64,
+}
+
+fn name(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::NotFound(_) => "NotFound",
+        StoreError::Exists(_) => "Exists",
+        StoreError::StaleEpoch { .. } => "StaleEpoch",
+        StoreError::OutOfRange { .. } => "OutOfRange",
+        StoreError::Misaligned { .. } => "Misaligned",
+        StoreError::Checksum { .. } => "Checksum",
+        StoreError::Full { .. } => "Full",
+        StoreError::TooLarge { .. } => "TooLarge",
+        StoreError::Io(_) => "Io",
+        StoreError::Index(_) => "Index",
+    }
+}
+
+impl Model {
+    fn used(&self) -> u64 {
+        self.chunks.values().map(|c| c.data.len() as u64).sum()
+    }
+
+    fn range(&self, c: u64, off: u64, len: u64, epoch: u64) -> Result<&ModelChunk, &'static str> {
+        let ch = self.chunks.get(&c).ok_or("NotFound")?;
+        if !off.is_multiple_of(B) || !len.is_multiple_of(B) {
+            return Err("Misaligned");
+        }
+        if off
+            .checked_add(len)
+            .is_none_or(|e| e > ch.data.len() as u64)
+        {
+            return Err("OutOfRange");
+        }
+        if epoch < ch.epoch {
+            return Err("StaleEpoch");
+        }
+        Ok(ch)
+    }
+
+    fn size_ok(&self, size: u64) -> Result<(), &'static str> {
+        if !size.is_multiple_of(B) {
+            return Err("Misaligned");
+        }
+        if size > self.max {
+            return Err("TooLarge");
+        }
+        Ok(())
+    }
+
+    /// Apply `op`; returns the expected outcome and, for reads/writes, the
+    /// expected bytes (read data or write delta).
+    fn apply(&mut self, op: &Op) -> (Result<(), &'static str>, Option<Vec<u8>>) {
+        let limit = self.capacity.saturating_sub(self.reserve);
+        match *op {
+            Op::Create { c, size, epoch } => {
+                let r = self.size_ok(size).and_then(|_| {
+                    if self.chunks.contains_key(&c) {
+                        Err("Exists")
+                    } else if self.used() + size > limit {
+                        Err("Full")
+                    } else {
+                        self.chunks.insert(
+                            c,
+                            ModelChunk {
+                                epoch,
+                                data: vec![0; size as usize],
+                            },
+                        );
+                        Ok(())
+                    }
+                });
+                (r, None)
+            }
+            Op::Write {
+                c,
+                off,
+                len,
+                seed,
+                epoch,
+                ..
+            }
+            | Op::Overwrite {
+                c,
+                off,
+                len,
+                seed,
+                epoch,
+            }
+            | Op::Delta {
+                c,
+                off,
+                len,
+                seed,
+                epoch,
+            } => {
+                if let Err(e) = self.range(c, off, len, epoch) {
+                    return (Err(e), None);
+                }
+                let ch = self.chunks.get_mut(&c).expect("checked");
+                ch.epoch = epoch;
+                let new = pat(seed, len);
+                let r = &mut ch.data[off as usize..(off + len) as usize];
+                let delta: Vec<u8> = r.iter().zip(new.iter()).map(|(a, b)| a ^ b).collect();
+                match op {
+                    Op::Delta { .. } => r.copy_from_slice(&delta),
+                    _ => r.copy_from_slice(&new),
+                }
+                let out = matches!(op, Op::Write { .. }).then_some(delta);
+                (Ok(()), out)
+            }
+            Op::Read { c, off, len, epoch } => match self.range(c, off, len, epoch) {
+                Err(e) => (Err(e), None),
+                Ok(ch) => (
+                    Ok(()),
+                    Some(ch.data[off as usize..(off + len) as usize].to_vec()),
+                ),
+            },
+            Op::Punch { c, off, len, epoch } => {
+                if let Err(e) = self.range(c, off, len, epoch) {
+                    return (Err(e), None);
+                }
+                let ch = self.chunks.get_mut(&c).expect("checked");
+                ch.epoch = epoch;
+                ch.data[off as usize..(off + len) as usize].fill(0);
+                (Ok(()), None)
+            }
+            Op::SetEpoch { c, epoch } => match self.chunks.get_mut(&c) {
+                None => (Err("NotFound"), None),
+                Some(ch) if epoch < ch.epoch => (Err("StaleEpoch"), None),
+                Some(ch) => {
+                    ch.epoch = epoch;
+                    (Ok(()), None)
+                }
+            },
+            Op::Delete { c } => (self.chunks.remove(&c).map(|_| ()).ok_or("NotFound"), None),
+            Op::WriteWhole {
+                c,
+                size,
+                len,
+                seed,
+                epoch,
+            } => {
+                if let Err(e) = self.size_ok(size) {
+                    return (Err(e), None);
+                }
+                if !len.is_multiple_of(B) {
+                    return (Err("Misaligned"), None);
+                }
+                if len > size {
+                    return (Err("OutOfRange"), None);
+                }
+                let old = self.chunks.get(&c).map_or(0, |ch| ch.data.len() as u64);
+                if let Some(ch) = self.chunks.get(&c) {
+                    if epoch < ch.epoch {
+                        return (Err("StaleEpoch"), None);
+                    }
+                }
+                if size > old && self.used() + (size - old) > limit {
+                    return (Err("Full"), None);
+                }
+                let mut data = pat(seed, len).to_vec();
+                data.resize(size as usize, 0);
+                self.chunks.insert(c, ModelChunk { epoch, data });
+                (Ok(()), None)
+            }
+            Op::Flush => (Ok(()), None),
+        }
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    store: Option<ChunkStore>,
+    model: Model,
+    capacity: u64,
+    reserve: u64,
+}
+
+impl Harness {
+    fn new(capacity: u64, reserve: u64) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ChunkStore::open(cfg(dir.path(), capacity, reserve)).expect("open");
+        let model = Model {
+            capacity,
+            reserve,
+            max: 4 * MIB,
+            ..Model::default()
+        };
+        Harness {
+            dir,
+            store: Some(store),
+            model,
+            capacity,
+            reserve,
+        }
+    }
+
+    fn store(&self) -> &ChunkStore {
+        self.store.as_ref().expect("open")
+    }
+
+    fn reopen(&mut self) {
+        self.store = None;
+        let c = cfg(self.dir.path(), self.capacity, self.reserve);
+        self.store = Some(ChunkStore::open(c).expect("reopen"));
+    }
+
+    /// Run `op` against the store; returns "ok" or the error's name, and
+    /// checks returned bytes against the model.
+    async fn step(&mut self, op: Op) -> String {
+        let (want, bytes) = self.model.apply(&op);
+        let s = self.store();
+        let (got, data): (Result<(), StoreError>, Option<Bytes>) = match op {
+            Op::Create { c, size, epoch } => (
+                s.create(
+                    id(c),
+                    ChunkMeta {
+                        size_bytes: size,
+                        epoch,
+                    },
+                )
+                .await,
+                None,
+            ),
+            Op::Write {
+                c,
+                off,
+                len,
+                seed,
+                epoch,
+                d,
+            } => match s.write(id(c), off, pat(seed, len), epoch, d).await {
+                Ok(b) => (Ok(()), Some(b)),
+                Err(e) => (Err(e), None),
+            },
+            Op::Overwrite {
+                c,
+                off,
+                len,
+                seed,
+                epoch,
+            } => (
+                s.overwrite(id(c), off, pat(seed, len), epoch, Durability::Buffered)
+                    .await,
+                None,
+            ),
+            Op::Delta {
+                c,
+                off,
+                len,
+                seed,
+                epoch,
+            } => (
+                s.apply_delta(id(c), off, pat(seed, len), epoch, Durability::Buffered)
+                    .await,
+                None,
+            ),
+            Op::Read { c, off, len, epoch } => match s.read(id(c), off, len, epoch).await {
+                Ok(b) => (Ok(()), Some(b)),
+                Err(e) => (Err(e), None),
+            },
+            Op::Punch { c, off, len, epoch } => (
+                s.punch(id(c), off, len, epoch, Durability::Buffered).await,
+                None,
+            ),
+            Op::SetEpoch { c, epoch } => (s.set_epoch(id(c), epoch).await, None),
+            Op::Delete { c } => (s.delete(id(c)).await, None),
+            Op::WriteWhole {
+                c,
+                size,
+                len,
+                seed,
+                epoch,
+            } => {
+                let meta = ChunkMeta {
+                    size_bytes: size,
+                    epoch,
+                };
+                (
+                    s.write_whole(id(c), meta, pat(seed, len), Durability::Buffered)
+                        .await,
+                    None,
+                )
+            }
+            Op::Flush => (s.flush().await, None),
+        };
+        let got_s = match &got {
+            Ok(()) => "ok",
+            Err(e) => name(e),
+        };
+        let want_s = match want {
+            Ok(()) => "ok",
+            Err(e) => e,
+        };
+        assert_eq!(
+            got_s, want_s,
+            "{op:?}: store says {got:?}, model says {want_s}"
+        );
+        if let (Some(want), Some(got)) = (bytes, data) {
+            assert!(want == got.as_ref(), "{op:?}: bytes differ from the model");
+        }
+        got_s.to_string()
+    }
+
+    /// Every chunk reads back exactly as the model says, and list() agrees.
+    async fn check_all(&self) {
+        let list = self.store().list();
+        assert_eq!(list.len(), self.model.chunks.len());
+        for (c, ch) in &self.model.chunks {
+            let (info, data) = self.store().read_whole(id(*c)).await.expect("read_whole");
+            assert!(data.as_ref() == ch.data.as_slice(), "chunk {c} differs");
+            assert_eq!(info.epoch, ch.epoch);
+            assert_eq!(info.state, ChunkState::Ok);
+        }
+        assert_eq!(self.store().stats().used_bytes, self.model.used());
+    }
+
+    /// Run a script of (op, expected outcome).
+    async fn script(&mut self, steps: Vec<(Op, &str)>) {
+        for (i, (op, want)) in steps.into_iter().enumerate() {
+            let dbg = format!("{op:?}");
+            let got = self.step(op).await;
+            assert_eq!(got, want, "step {i}: {dbg}");
+        }
+        self.check_all().await;
+    }
+
+    fn chunk_path(&self, c: u64) -> PathBuf {
+        self.dir.path().join("chunks").join(id(c).rel_path())
+    }
+}
+
+use Durability::{Buffered, Stable};
+
+#[tokio::test]
+async fn script_basic_ops_and_errors() {
+    let mut h = Harness::new(64 * MIB, 0);
+    h.script(vec![
+        (
+            Op::Create {
+                c: 1,
+                size: MIB,
+                epoch: 3,
+            },
+            "ok",
+        ),
+        (
+            Op::Create {
+                c: 1,
+                size: MIB,
+                epoch: 3,
+            },
+            "Exists",
+        ),
+        (
+            Op::Create {
+                c: 2,
+                size: 5 * MIB,
+                epoch: 1,
+            },
+            "TooLarge",
+        ),
+        (
+            Op::Create {
+                c: 2,
+                size: 1000,
+                epoch: 1,
+            },
+            "Misaligned",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 8 * B,
+                epoch: 3,
+            },
+            "ok",
+        ), // holes read zero
+        (
+            Op::Write {
+                c: 1,
+                off: B,
+                len: 2 * B,
+                seed: 1,
+                epoch: 3,
+                d: Buffered,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 2 * B,
+                len: 2 * B,
+                seed: 2,
+                epoch: 3,
+                d: Stable,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 8 * B,
+                epoch: 3,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 100,
+                len: B,
+                seed: 1,
+                epoch: 3,
+                d: Buffered,
+            },
+            "Misaligned",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: MIB - B,
+                len: 2 * B,
+                seed: 1,
+                epoch: 3,
+                d: Buffered,
+            },
+            "OutOfRange",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: u64::MAX - B + 1,
+                len: 2 * B,
+                epoch: 3,
+            },
+            "OutOfRange",
+        ),
+        (
+            Op::Read {
+                c: 9,
+                off: 0,
+                len: B,
+                epoch: 3,
+            },
+            "NotFound",
+        ),
+        (
+            Op::Delta {
+                c: 1,
+                off: 0,
+                len: 4 * B,
+                seed: 5,
+                epoch: 3,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 4 * B,
+                epoch: 3,
+            },
+            "ok",
+        ),
+        (
+            Op::Punch {
+                c: 1,
+                off: 2 * B,
+                len: B,
+                epoch: 3,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 4 * B,
+                epoch: 3,
+            },
+            "ok",
+        ),
+        (
+            Op::Overwrite {
+                c: 1,
+                off: 8 * B,
+                len: B,
+                seed: 9,
+                epoch: 3,
+            },
+            "ok",
+        ),
+        (Op::Flush, "ok"),
+        (Op::Delete { c: 1 }, "ok"),
+        (Op::Delete { c: 1 }, "NotFound"),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: B,
+                epoch: 3,
+            },
+            "NotFound",
+        ),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn script_epochs() {
+    let mut h = Harness::new(64 * MIB, 0);
+    h.script(vec![
+        (
+            Op::Create {
+                c: 1,
+                size: MIB,
+                epoch: 5,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 0,
+                len: B,
+                seed: 1,
+                epoch: 4,
+                d: Buffered,
+            },
+            "StaleEpoch",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: B,
+                epoch: 4,
+            },
+            "StaleEpoch",
+        ),
+        (
+            Op::Punch {
+                c: 1,
+                off: 0,
+                len: B,
+                epoch: 4,
+            },
+            "StaleEpoch",
+        ),
+        (
+            Op::Delta {
+                c: 1,
+                off: 0,
+                len: B,
+                seed: 1,
+                epoch: 4,
+            },
+            "StaleEpoch",
+        ),
+        // A newer epoch on a write is accepted and raises the chunk's.
+        (
+            Op::Write {
+                c: 1,
+                off: 0,
+                len: B,
+                seed: 1,
+                epoch: 7,
+                d: Buffered,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 0,
+                len: B,
+                seed: 1,
+                epoch: 6,
+                d: Buffered,
+            },
+            "StaleEpoch",
+        ),
+        (Op::SetEpoch { c: 1, epoch: 6 }, "StaleEpoch"),
+        (Op::SetEpoch { c: 1, epoch: 9 }, "ok"),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: B,
+                epoch: 8,
+            },
+            "StaleEpoch",
+        ),
+        (
+            Op::WriteWhole {
+                c: 1,
+                size: MIB,
+                len: 4 * B,
+                seed: 3,
+                epoch: 8,
+            },
+            "StaleEpoch",
+        ),
+        (
+            Op::WriteWhole {
+                c: 1,
+                size: 2 * MIB,
+                len: 4 * B,
+                seed: 3,
+                epoch: 10,
+            },
+            "ok",
+        ),
+        (
+            Op::WriteWhole {
+                c: 2,
+                size: MIB,
+                len: MIB,
+                seed: 4,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (Op::SetEpoch { c: 3, epoch: 1 }, "NotFound"),
+    ])
+    .await;
+    // Epochs are durable.
+    h.reopen();
+    h.check_all().await;
+    assert_eq!(
+        h.step(Op::Read {
+            c: 1,
+            off: 0,
+            len: B,
+            epoch: 9
+        })
+        .await,
+        "StaleEpoch"
+    );
+}
+
+#[tokio::test]
+async fn reopen_keeps_everything_and_versions_move_forward() {
+    let mut h = Harness::new(64 * MIB, 0);
+    h.script(vec![
+        (
+            Op::Create {
+                c: 1,
+                size: MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Create {
+                c: 2,
+                size: 2 * MIB,
+                epoch: 2,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 0,
+                len: 16 * B,
+                seed: 1,
+                epoch: 1,
+                d: Buffered,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 2,
+                off: MIB,
+                len: 16 * B,
+                seed: 2,
+                epoch: 2,
+                d: Stable,
+            },
+            "ok",
+        ),
+        (
+            Op::Punch {
+                c: 1,
+                off: 4 * B,
+                len: 4 * B,
+                epoch: 1,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    let v1 = h.store().info(id(1)).expect("info").version;
+    assert_eq!(v1, 2);
+    h.reopen();
+    h.check_all().await;
+    // Clean close: versions exact.
+    assert_eq!(h.store().info(id(1)).expect("info").version, v1);
+    assert!(h.store().info(id(1)).expect("info").allocated_bytes >= 12 * B);
+    // Unclean close (index not marked clean): versions jump forward.
+    h.step(Op::Write {
+        c: 1,
+        off: 0,
+        len: B,
+        seed: 3,
+        epoch: 1,
+        d: Buffered,
+    })
+    .await;
+    h.store.take().expect("store").abandon(); // no clean close, like SIGKILL
+    h.reopen();
+    assert!(h.store().info(id(1)).expect("info").version >= v1 + VERSION_CRASH_BUMP);
+    h.check_all().await;
+}
+
+#[tokio::test]
+async fn unknown_format_version_is_refused() {
+    let h = Harness::new(64 * MIB, 0);
+    h.store()
+        .inner
+        .index
+        .set_format_version(FORMAT_VERSION + 1)
+        .expect("set");
+    let dir = h.dir.path().to_path_buf();
+    drop(h.store);
+    match ChunkStore::open(cfg(&dir, 64 * MIB, 0)) {
+        Err(StoreError::Index(msg)) => assert!(msg.contains("format version"), "{msg}"),
+        other => panic!("expected Index error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn record_encoding_is_versioned() {
+    let rec = Record {
+        size_bytes: MIB,
+        epoch: 3,
+        version: 7,
+        bad_blocks: vec![1, 9],
+    };
+    let enc = rec.encode().expect("encode");
+    assert_eq!(enc.first(), Some(&RECORD_VERSION));
+    assert_eq!(Record::decode(&enc).expect("decode"), rec);
+    let mut future = enc.clone();
+    future[0] = RECORD_VERSION + 1;
+    assert!(matches!(Record::decode(&future), Err(StoreError::Index(_))));
+    assert!(Record::decode(&[]).is_err());
+    assert!(Record::decode(&[RECORD_VERSION, 0xff]).is_err());
+    let k = id(5).to_key();
+    assert_eq!(ChunkId::from_key(&k), Some(id(5)));
+    assert_eq!(ChunkId::from_key(&k[..16]), None);
+    assert_eq!(id(5).to_string(), "1/5/2");
+}
+
+fn flip_bit(path: &Path, offset: u64) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).expect("read");
+    b[0] ^= 0x10;
+    f.write_all_at(&b, offset).expect("write");
+}
+
+#[tokio::test]
+async fn flipped_bits_fail_reads_and_scrub_finds_exactly_them() {
+    let mut h = Harness::new(64 * MIB, 0);
+    h.script(vec![
+        (
+            Op::Create {
+                c: 1,
+                size: MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Create {
+                c: 2,
+                size: MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 0,
+                len: 64 * B,
+                seed: 1,
+                epoch: 1,
+                d: Stable,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 2,
+                off: 0,
+                len: 64 * B,
+                seed: 2,
+                epoch: 1,
+                d: Stable,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    h.store = None;
+    // Chunk 1: blocks 3 and 40 (data); block 100 is a hole: flipping a
+    // byte in it allocates it with non-zero data. Chunk 2: block 0.
+    flip_bit(&h.chunk_path(1), 3 * B + 17);
+    flip_bit(&h.chunk_path(1), 40 * B + 4095);
+    flip_bit(&h.chunk_path(1), 100 * B);
+    flip_bit(&h.chunk_path(2), 0);
+    h.reopen();
+    let s = h.store();
+    match s.read(id(1), 0, 8 * B, 1).await {
+        Err(StoreError::Checksum { id: cid, blocks }) => {
+            assert_eq!(cid, id(1));
+            assert_eq!(blocks, vec![3]);
+        }
+        other => panic!("expected Checksum, got {other:?}"),
+    }
+    // Neighbouring blocks still read fine.
+    assert!(s.read(id(1), 4 * B, 4 * B, 1).await.is_ok());
+    assert!(s.stats().checksum_errors >= 1);
+    let report = s.scrub_once(0).await.expect("scrub");
+    assert_eq!(report.checked_blocks, 2 * MIB / B);
+    assert_eq!(
+        report.bad,
+        vec![(id(1), vec![3, 40, 100]), (id(2), vec![0])]
+    );
+    assert_eq!(s.bad_blocks(), report.bad);
+    assert_eq!(
+        s.info(id(1)).expect("info").state,
+        ChunkState::NeedsRepair {
+            blocks: vec![3, 40, 100]
+        }
+    );
+    // Bad marks survive a restart.
+    h.reopen();
+    let s = h.store();
+    assert_eq!(s.bad_blocks().len(), 2);
+    assert!(matches!(
+        s.read(id(2), 0, B, 1).await,
+        Err(StoreError::Checksum { .. })
+    ));
+    // A delta write can't use a bad old block; overwrite repairs it.
+    assert!(matches!(
+        s.write(id(2), 0, pat(1, B), 1, Buffered).await,
+        Err(StoreError::Checksum { .. })
+    ));
+    s.overwrite(id(2), 0, pat(7, B), 1, Buffered)
+        .await
+        .expect("overwrite");
+    assert_eq!(s.read(id(2), 0, B, 1).await.expect("read"), pat(7, B));
+    assert_eq!(s.bad_blocks(), vec![(id(1), vec![3, 40, 100])]);
+}
+
+/// Simulate a crash between the checksum update and the data write, in
+/// both orders, by editing the real file.
+#[tokio::test]
+async fn torn_writes_are_detected_never_served() {
+    let mut h = Harness::new(64 * MIB, 0);
+    h.script(vec![
+        (
+            Op::Create {
+                c: 1,
+                size: MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 0,
+                len: 8 * B,
+                seed: 1,
+                epoch: 1,
+                d: Stable,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    h.store = None;
+    let path = h.chunk_path(1);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let new = pat(9, B);
+    let old = pat(1, 8 * B);
+    // Block 2: new data reached the file, its checksum did not (power loss
+    // with pages written back out of order).
+    f.write_all_at(&new, 2 * B).expect("data");
+    // Block 3: half the block's sectors are new (torn sector writes).
+    f.write_all_at(&new[..2048], 3 * B).expect("half");
+    // Block 5: the store's own order, cut short: checksum entry {old, new}
+    // written, data not yet (process killed between the two pwrites).
+    let e = file::read_entries(&f, MIB, 5, 1).expect("entries")[0];
+    file::write_entries(
+        &f,
+        MIB,
+        5,
+        &[Entry {
+            prev: e.cur,
+            cur: file::block_sum(&new),
+        }],
+    )
+    .expect("entry");
+    // Block 6: the store's order, completed for the entry, then data
+    // landed too (kill after both): new data, valid.
+    file::write_entries(
+        &f,
+        MIB,
+        6,
+        &[Entry {
+            prev: e.cur,
+            cur: file::block_sum(&new),
+        }],
+    )
+    .expect("entry");
+    f.write_all_at(&new, 6 * B).expect("data");
+    drop(f);
+    h.reopen();
+    let s = h.store();
+    match s.read(id(1), 0, 8 * B, 1).await {
+        Err(StoreError::Checksum { blocks, .. }) => assert_eq!(blocks, vec![2, 3]),
+        other => panic!("expected Checksum, got {other:?}"),
+    }
+    let old5 = &old[(5 * B) as usize..(6 * B) as usize];
+    assert_eq!(
+        s.read(id(1), 5 * B, B, 1).await.expect("old data").as_ref(),
+        old5
+    );
+    assert_eq!(s.read(id(1), 6 * B, B, 1).await.expect("new data"), new);
+    let report = s.scrub_once(0).await.expect("scrub");
+    assert_eq!(report.bad, vec![(id(1), vec![2, 3])]);
+    // Replay of the lost write repairs the blocks.
+    s.overwrite(id(1), 2 * B, pat(9, 2 * B), 1, Stable)
+        .await
+        .expect("replay");
+    assert_eq!(
+        s.read(id(1), 2 * B, 2 * B, 1).await.expect("read"),
+        pat(9, 2 * B)
+    );
+    assert!(s.bad_blocks().is_empty());
+}
+
+#[tokio::test]
+async fn fill_to_reserve_refuses_new_chunks_only() {
+    let mut h = Harness::new(10 * MIB, 3 * MIB);
+    h.script(vec![
+        (
+            Op::Create {
+                c: 1,
+                size: 4 * MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Create {
+                c: 2,
+                size: 3 * MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Create {
+                c: 3,
+                size: B,
+                epoch: 1,
+            },
+            "Full",
+        ),
+        (
+            Op::WriteWhole {
+                c: 4,
+                size: B,
+                len: B,
+                seed: 1,
+                epoch: 1,
+            },
+            "Full",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 0,
+                len: 4 * MIB,
+                seed: 1,
+                epoch: 1,
+                d: Buffered,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 2,
+                off: 3 * MIB - B,
+                len: B,
+                seed: 2,
+                epoch: 1,
+                d: Stable,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 4 * MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    let st = h.store().stats();
+    assert!(st.full);
+    assert_eq!(
+        (st.used_bytes, st.capacity_bytes, st.reserve_bytes),
+        (7 * MIB, 10 * MIB, 3 * MIB)
+    );
+    match h
+        .store()
+        .create(
+            id(3),
+            ChunkMeta {
+                size_bytes: B,
+                epoch: 1,
+            },
+        )
+        .await
+    {
+        Err(StoreError::Full {
+            used,
+            capacity,
+            reserve,
+        }) => {
+            assert_eq!((used, capacity, reserve), (7 * MIB, 10 * MIB, 3 * MIB));
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    h.script(vec![
+        (Op::Delete { c: 2 }, "ok"),
+        (
+            Op::Create {
+                c: 3,
+                size: 2 * MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    assert!(!h.store().stats().full);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_stable_writers_share_syncs() {
+    let h = Harness::new(64 * MIB, 0);
+    let s = Arc::new(h.store.expect("store"));
+    for c in 0..4 {
+        s.create(
+            id(c),
+            ChunkMeta {
+                size_bytes: MIB,
+                epoch: 1,
+            },
+        )
+        .await
+        .expect("create");
+    }
+    let mut tasks = Vec::new();
+    for c in 0..4u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20u64 {
+                let d = if i % 2 == 0 { Stable } else { Buffered };
+                s.write(id(c), i * B, pat(i as u8, B), 1, d)
+                    .await
+                    .expect("write");
+            }
+            s.flush().await.expect("flush");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    for c in 0..4u64 {
+        for i in 0..20u64 {
+            assert_eq!(
+                s.read(id(c), i * B, B, 1).await.expect("read"),
+                pat(i as u8, B)
+            );
+        }
+    }
+    let seq = s.inner.sync.dirty.lock().0;
+    assert_eq!(s.inner.sync.synced.load(Ordering::SeqCst), seq);
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let c = 0u64..3;
+    let blk = 0u64..20; // chunks are 16 blocks: some ops run past the end
+    let n = 0u64..5;
+    let ep = 0u64..4;
+    prop_oneof![
+        (c.clone(), 1u64..17, ep.clone()).prop_map(|(c, b, epoch)| Op::Create {
+            c,
+            size: b * B,
+            epoch
+        }),
+        (
+            c.clone(),
+            blk.clone(),
+            n.clone(),
+            any::<u8>(),
+            ep.clone(),
+            any::<bool>()
+        )
+            .prop_map(|(c, b, n, seed, epoch, st)| Op::Write {
+                c,
+                off: b * B,
+                len: n * B,
+                seed,
+                epoch,
+                d: if st { Stable } else { Buffered }
+            }),
+        (c.clone(), blk.clone(), n.clone(), any::<u8>(), ep.clone()).prop_map(
+            |(c, b, n, seed, epoch)| Op::Delta {
+                c,
+                off: b * B,
+                len: n * B,
+                seed,
+                epoch
+            }
+        ),
+        (c.clone(), blk.clone(), n.clone(), any::<u8>(), ep.clone()).prop_map(
+            |(c, b, n, seed, epoch)| Op::Overwrite {
+                c,
+                off: b * B,
+                len: n * B,
+                seed,
+                epoch
+            }
+        ),
+        (c.clone(), blk.clone(), n.clone(), ep.clone()).prop_map(|(c, b, n, epoch)| Op::Read {
+            c,
+            off: b * B,
+            len: n * B,
+            epoch
+        }),
+        (c.clone(), blk.clone(), n.clone(), ep.clone()).prop_map(|(c, b, n, epoch)| Op::Punch {
+            c,
+            off: b * B,
+            len: n * B,
+            epoch
+        }),
+        (c.clone(), ep.clone()).prop_map(|(c, epoch)| Op::SetEpoch { c, epoch }),
+        c.clone().prop_map(|c| Op::Delete { c }),
+        (c, 1u64..17, 0u64..17, any::<u8>(), ep).prop_map(|(c, s, l, seed, epoch)| {
+            Op::WriteWhole {
+                c,
+                size: s * B,
+                len: l * B,
+                seed,
+                epoch,
+            }
+        }),
+        Just(Op::Flush),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn random_ops_match_the_model(ops in proptest::collection::vec(op_strategy(), 1..40), reopen_at in 0usize..40) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        rt.block_on(async {
+            // Capacity of 2.5 chunks of 16 blocks: creates sometimes hit Full.
+            let mut h = Harness::new(40 * B, 0);
+            for (i, op) in ops.into_iter().enumerate() {
+                if i == reopen_at {
+                    h.reopen();
+                }
+                h.step(op).await;
+            }
+            h.check_all().await;
+            h.reopen();
+            h.check_all().await;
+        });
+    }
+}
