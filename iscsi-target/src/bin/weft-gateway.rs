@@ -113,7 +113,30 @@ fn config_from_args(args: &Args) -> Result<Config> {
     Ok(cfg)
 }
 
+/// Keeps large I/O buffers (reads up to the 8 MiB transfer limit, Data-Out
+/// buffers) in glibc's heap for reuse instead of a fresh `mmap` each: page
+/// faults and page zeroing were a quarter of the gateway's CPU on 1 MiB
+/// reads. Measured with `iscsi-perf -m 8 -b 2048` on a RAM LUN: 1,357 →
+/// 3,531 MiB/s at the same CPU.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_large_buffers_in_heap() {
+    /// Allocations up to this size come from the heap.
+    const MMAP_THRESHOLD_BYTES: libc::c_int = 32 << 20;
+    /// Free heap kept before returning memory to the kernel.
+    const TRIM_THRESHOLD_BYTES: libc::c_int = 128 << 20;
+    // SAFETY: mallopt only sets glibc allocator parameters; it runs first
+    // thing in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_large_buffers_in_heap() {}
+
 fn main() -> Result<()> {
+    keep_large_buffers_in_heap();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
