@@ -463,8 +463,9 @@ fn send_targets_in_a_normal_session_names_only_its_target() {
     assert!(keys.iter().all(|(_, v)| v != "iqn.u"));
 }
 
-#[test]
-fn long_text_answers_continue_across_pdus() {
+/// A connection logged in to a discovery session with `keys` besides the
+/// initiator name and session type.
+fn discovery_session(keys: &[(&str, &str)]) -> (Connection, Instant) {
     let now = Instant::now();
     let cfg = ConnectionConfig {
         directory: Arc::new(Dir),
@@ -476,13 +477,22 @@ fn long_text_answers_continue_across_pdus() {
     let mut p = Pdu::new(Opcode::LoginRequest);
     p.bhs[0] |= 0x40;
     p.bhs[1] = 0x80 | (1 << 2) | 3;
-    p.set_data(text::encode(&[
-        ("InitiatorName", "iqn.i"),
-        ("SessionType", "Discovery"),
-        ("MaxRecvDataSegmentLength", "512"),
-    ]));
+    let mut all = vec![("InitiatorName", "iqn.i"), ("SessionType", "Discovery")];
+    all.extend_from_slice(keys);
+    p.set_data(text::encode(&all));
     conn.handle_pdu(p, now, &mut Rng0);
-    assert_eq!(conn.poll_transmit().unwrap().bhs[36], 0);
+    let r = conn.poll_transmit().expect("login response");
+    assert_eq!(
+        u16::from_be_bytes([r.bhs[36], r.bhs[37]]),
+        0,
+        "discovery login succeeds"
+    );
+    (conn, now)
+}
+
+#[test]
+fn long_text_answers_continue_across_pdus() {
+    let (mut conn, now) = discovery_session(&[("MaxRecvDataSegmentLength", "512")]);
     let mut t = Pdu::new(Opcode::TextRequest);
     t.bhs[0] |= 0x40;
     t.set_flags(0x80).set_itt(1).set_word20(RESERVED_TAG);
@@ -517,23 +527,7 @@ fn long_text_answers_continue_across_pdus() {
 
 #[test]
 fn scsi_command_in_discovery_session_is_rejected() {
-    let now = Instant::now();
-    let cfg = ConnectionConfig {
-        directory: Arc::new(Dir),
-        tpgt: 1,
-        offer: TargetOffer::default(),
-        tsih: 3,
-    };
-    let mut conn = Connection::new(cfg, now);
-    let mut p = Pdu::new(Opcode::LoginRequest);
-    p.bhs[0] |= 0x40;
-    p.bhs[1] = 0x80 | (1 << 2) | 3;
-    p.set_data(text::encode(&[
-        ("InitiatorName", "iqn.i"),
-        ("SessionType", "Discovery"),
-    ]));
-    conn.handle_pdu(p, now, &mut Rng0);
-    let _ = conn.poll_transmit();
+    let (mut conn, now) = discovery_session(&[]);
     let mut c = Pdu::new(Opcode::ScsiCommand);
     c.set_flags(0x80).set_itt(1);
     conn.handle_pdu(c, now, &mut Rng0);
