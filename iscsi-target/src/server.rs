@@ -7,7 +7,7 @@ use crate::limits;
 use crate::login::keys::TargetOffer;
 use crate::login::SessionType;
 use crate::pdu::{self, DigestConfig, Pdu};
-use crate::scsi::{ItNexus, Residual, ScsiResponse, ScsiStatus, ScsiTarget};
+use crate::scsi::{ItNexus, ScsiResponse, ScsiTarget};
 use crate::session::{Connection, ConnectionConfig, Event, TmfFunction, TmfResponse};
 use bytes::Buf;
 use bytes::{Bytes, BytesMut};
@@ -240,7 +240,7 @@ async fn run_connection(
                             continue;
                         }
                         tracing::error!(itt, error = %e, "SCSI command panicked");
-                        (itt, hardware_error())
+                        (itt, crate::scsi::check_condition(0x04, 0x44, 0x00)) // HARDWARE ERROR, INTERNAL TARGET FAILURE
                     }
                 };
                 d.handles.remove(&itt);
@@ -271,20 +271,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-fn hardware_error() -> ScsiResponse {
-    let mut sense = vec![0u8; 18];
-    sense[0] = 0x70;
-    sense[2] = 0x04; // HARDWARE ERROR
-    sense[7] = 10;
-    sense[12] = 0x44; // INTERNAL TARGET FAILURE
-    ScsiResponse {
-        status: ScsiStatus::CheckCondition,
-        data_in: Bytes::new(),
-        sense: Some(Bytes::from(sense)),
-        residual: Residual::None,
     }
 }
 

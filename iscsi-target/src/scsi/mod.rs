@@ -46,7 +46,7 @@ pub use cdb::parse_cdb_for_fuzz;
 pub use pr::{
     FilePrStore, MemoryPrStore, PrState, PrStore, PrStoreError, PrType, Registration, Reservation,
 };
-pub use sense::SenseReason;
+pub use sense::{check_condition, SenseReason};
 pub use target::{ScsiTarget, ScsiTargetConfig, TaskAborter};
 pub use ua::UaKind;
 

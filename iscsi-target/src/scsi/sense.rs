@@ -141,6 +141,18 @@ impl SenseReason {
     }
 }
 
+/// CHECK CONDITION with fixed-format sense and nothing else: for errors the
+/// transport finds itself, before or around the device server (a transfer
+/// too large to buffer, a broken Data-Out sequence, a command that panicked).
+pub fn check_condition(sense_key: u8, asc: u8, ascq: u8) -> super::ScsiResponse {
+    super::ScsiResponse {
+        status: ScsiStatus::CheckCondition,
+        data_in: Bytes::new(),
+        sense: Some(Bytes::from(fixed_sense(sense_key, asc, ascq))),
+        residual: super::Residual::None,
+    }
+}
+
 /// 18-byte fixed-format sense data, current error.
 pub fn fixed_sense(sense_key: u8, asc: u8, ascq: u8) -> Vec<u8> {
     let mut s = vec![0u8; FIXED_SENSE_LEN_BYTES];

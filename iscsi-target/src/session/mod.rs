@@ -518,7 +518,7 @@ impl Connection {
         if wants_data && edtl > limits::TASK_DATA_BYTES_MAX {
             // Too large to buffer: answer now and drop whatever data follows.
             self.discard(itt);
-            let resp = sense_response(0x05, 0x24, 0x00);
+            let resp = crate::scsi::check_condition(0x05, 0x24, 0x00); // ILLEGAL REQUEST, INVALID FIELD IN CDB
             return self.send_response(itt, pdu.lun_field(), &resp, 0);
         }
         let unsolicited_len = if !wants_data {
@@ -615,7 +615,7 @@ impl Connection {
                 self.reject(&pdu, RejectReason::ProtocolError);
                 if let Some(task) = self.remove_task(itt) {
                     self.discard(itt);
-                    let resp = sense_response(0x0b, 0x4b, 0x00); // ABORTED COMMAND, DATA PHASE ERROR
+                    let resp = crate::scsi::check_condition(0x0b, 0x4b, 0x00); // ABORTED COMMAND, DATA PHASE ERROR
                     self.send_response(itt, task.lun_field, &resp, task.r2t_count());
                 }
             }
@@ -933,23 +933,6 @@ impl Connection {
         if reason != 2 {
             self.close();
         }
-    }
-}
-
-/// CHECK CONDITION with fixed-format sense, for errors the transport finds
-/// itself (a transfer too large to buffer, a broken Data-Out sequence).
-fn sense_response(key: u8, asc: u8, ascq: u8) -> ScsiResponse {
-    let mut sense = vec![0u8; 18];
-    sense[0] = 0x70;
-    sense[2] = key;
-    sense[7] = 10;
-    sense[12] = asc;
-    sense[13] = ascq;
-    ScsiResponse {
-        status: ScsiStatus::CheckCondition,
-        data_in: Bytes::new(),
-        sense: Some(Bytes::from(sense)),
-        residual: crate::scsi::Residual::None,
     }
 }
 
