@@ -200,6 +200,29 @@ struct ChunkMut {
 }
 
 impl Chunk {
+    /// A live handle on an open chunk file.
+    fn new(
+        id: ChunkId,
+        size_bytes: u64,
+        file: File,
+        epoch: u64,
+        version: u64,
+        bad: BTreeSet<u64>,
+    ) -> Arc<Chunk> {
+        Arc::new(Chunk {
+            id,
+            size_bytes,
+            file,
+            io: RwLock::new(()),
+            state: Mutex::new(ChunkMut {
+                epoch,
+                version,
+                bad,
+                gone: false,
+            }),
+        })
+    }
+
     fn record(&self) -> Record {
         let s = self.state.lock();
         Record {
@@ -373,19 +396,11 @@ impl ChunkStore {
                 rewrite.push((id, rec.clone()));
             }
             used = used.saturating_add(rec.size_bytes);
-            let chunk = Chunk {
+            let bad = rec.bad_blocks.iter().copied().collect();
+            chunks.insert(
                 id,
-                size_bytes: rec.size_bytes,
-                file,
-                io: RwLock::new(()),
-                state: Mutex::new(ChunkMut {
-                    epoch: rec.epoch,
-                    version: rec.version,
-                    bad: rec.bad_blocks.iter().copied().collect(),
-                    gone: false,
-                }),
-            };
-            chunks.insert(id, Arc::new(chunk));
+                Chunk::new(id, rec.size_bytes, file, rec.epoch, rec.version, bad),
+            );
         }
         index.apply(&rewrite, &[])?;
         remove_orphans(&chunks_dir, &chunks)?;
@@ -500,18 +515,7 @@ impl ChunkStore {
             f.sync_all()?;
             sync_dir(&dir)?;
             sync_dir(&inner.chunks_dir)?;
-            let chunk = Arc::new(Chunk {
-                id,
-                size_bytes: meta.size_bytes,
-                file: f,
-                io: RwLock::new(()),
-                state: Mutex::new(ChunkMut {
-                    epoch: meta.epoch,
-                    version: 0,
-                    bad: BTreeSet::new(),
-                    gone: false,
-                }),
-            });
+            let chunk = Chunk::new(id, meta.size_bytes, f, meta.epoch, 0, BTreeSet::new());
             let mut map = inner.chunks.write();
             if map.contains_key(&id) {
                 return Err(StoreError::Exists(id));
@@ -996,18 +1000,7 @@ impl ChunkStore {
                 sync_dir(&dir)?;
                 sync_dir(&inner.chunks_dir)?;
             }
-            let chunk = Arc::new(Chunk {
-                id,
-                size_bytes: meta.size_bytes,
-                file: f,
-                io: RwLock::new(()),
-                state: Mutex::new(ChunkMut {
-                    epoch: meta.epoch,
-                    version,
-                    bad: BTreeSet::new(),
-                    gone: false,
-                }),
-            });
+            let chunk = Chunk::new(id, meta.size_bytes, f, meta.epoch, version, BTreeSet::new());
             inner.index.apply(&[(id, chunk.record())], &[])?;
             inner.sync.dirty.lock().1.remove(&id);
             inner.chunks.write().insert(id, chunk);
