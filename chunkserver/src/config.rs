@@ -24,6 +24,12 @@ pub const SCRUB_BLOCKS_PER_SEC_DEFAULT: u64 = 2_560;
 pub const SCRUB_INTERVAL_SECS_DEFAULT: u64 = 86_400;
 /// Largest config file read, in bytes (it is a few lines).
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// Metadata replicas at most (Raft voters): 3 or 5 is the sane range.
+pub const META_VOTERS_MAX: usize = 7;
+/// How long a chunkserver's lease lasts; it renews every third of that.
+pub const LEASE_MS_DEFAULT: u64 = 6_000;
+/// Raft election timeout (the lower bound; the upper is twice it).
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +106,19 @@ struct Raw {
     gossip: RawGossip,
     #[serde(default)]
     journal: RawJournal,
+    #[serde(default)]
+    metadata: RawMetadata,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetadata {
+    /// The metadata replicas (3 or 5), the same list on every node.
+    #[serde(default)]
+    voters: Vec<RawSeed>,
+    dir: Option<PathBuf>,
+    lease_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -232,6 +251,11 @@ pub struct Config {
     pub capacity_interval_ms: u64,
     pub journal_dir: PathBuf,
     pub journal_bytes_max: u64,
+    /// The metadata replicas; this node runs one if it is listed.
+    pub voters: Vec<Seed>,
+    pub meta_dir: PathBuf,
+    pub lease_ms: u64,
+    pub election_timeout_ms: u64,
 }
 
 impl Config {
@@ -310,8 +334,49 @@ impl Config {
             .dir
             .as_deref()
             .map_or_else(|| data_dir.join("journal"), resolve);
+        let mut voters = Vec::new();
+        for s in &raw.metadata.voters {
+            let node = NodeId::new(s.node.clone())
+                .map_err(|e| invalid("metadata.voters", e.to_string()))?;
+            if voters.iter().any(|v: &Seed| v.node == node) {
+                return Err(invalid(
+                    "metadata.voters",
+                    format!("{node} is listed twice"),
+                ));
+            }
+            voters.push(Seed { node, addr: s.addr });
+        }
+        if voters.len() > META_VOTERS_MAX {
+            return Err(invalid(
+                "metadata.voters",
+                format!("{} voters; at most {META_VOTERS_MAX}", voters.len()),
+            ));
+        }
+        let lease_ms = raw.metadata.lease_ms.unwrap_or(LEASE_MS_DEFAULT);
+        let election_timeout_ms = raw
+            .metadata
+            .election_timeout_ms
+            .unwrap_or(ELECTION_TIMEOUT_MS_DEFAULT);
+        if !(1_000..=600_000).contains(&lease_ms) {
+            return Err(invalid("metadata.lease_ms", "must be 1000–600000".into()));
+        }
+        if !(200..=60_000).contains(&election_timeout_ms) {
+            return Err(invalid(
+                "metadata.election_timeout_ms",
+                "must be 200–60000".into(),
+            ));
+        }
+        let meta_dir = raw
+            .metadata
+            .dir
+            .as_deref()
+            .map_or_else(|| data_dir.join("meta"), resolve);
         let l = raw.node.labels;
         Ok(Config {
+            voters,
+            meta_dir,
+            lease_ms,
+            election_timeout_ms,
             node_id,
             location: Location {
                 region: l.region,

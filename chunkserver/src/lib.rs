@@ -3,5 +3,7 @@
 //! the extent primary's write journal; served over the fabric.
 pub mod config;
 pub mod journal;
+pub mod meta;
+pub mod primary;
 pub mod service;
 pub mod store;

@@ -319,9 +319,15 @@ async fn malformed_requests_get_typed_errors_and_the_server_keeps_serving() {
         .await
         .unwrap_err();
     assert!(matches!(e, RpcError::BadRequest(_)), "{e}");
-    // Roles: a gateway may read and write but not apply deltas or delete.
+    // Roles: a gateway may read, but writes go through the extent primary
+    // (never straight to a chunk), and it may not apply deltas or delete.
     let gw = node.client(Role::Gateway, "gw-1");
     gw.read(c, 7, 0, BLOCK as u32).await.unwrap();
+    let e = gw
+        .write(c, 7, 0, blk.clone(), Durability::Stable)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RpcError::Forbidden(_)), "{e}");
     let e = gw
         .call::<ChunkApplyDelta>(
             &ChunkApplyDeltaRequest {

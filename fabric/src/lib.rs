@@ -11,11 +11,17 @@
 //! - [`wire`]: the versioned frame format, message kinds and the role table
 //!   (sans-IO).
 //! - [`rpc`]: the multiplexed RPC server and pooled client.
+//! - [`placement`]: the pure function from the gossiped view and a LUN's
+//!   policy to the nodes of an extent.
+//! - [`metadata`]: the catalogue's records and commands, and its client.
 
 pub mod gossip;
 pub mod identity;
+pub mod metadata;
+pub mod placement;
 pub mod rpc;
 pub mod tls;
+pub mod volume;
 pub mod wire;
 
 pub use identity::{Ca, CertAndKey, NodeCredentials, NodeId, PeerIdentity, Role, Validity};

@@ -13,6 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use chunkserver::config::{describe_seeds, Config};
 use chunkserver::journal::{Journal, JournalConfig, SEGMENT_BYTES_DEFAULT};
+use chunkserver::meta::{self, Meta, MetaConfig};
+use chunkserver::primary::Primary;
 use chunkserver::service::{spawn_capacity_publisher, ChunkService};
 use chunkserver::store::ChunkStore;
 use clap::Parser;
@@ -127,13 +129,7 @@ async fn run(args: Args) -> Result<()> {
         .await
         .context("opening the journal")?
         .with_context(|| format!("opening the journal in {}", cfg.journal_dir.display()))?;
-    if !replay.is_empty() {
-        // TODO(extent primary, issue 5): replay these into the chunks.
-        warn!(
-            records = replay.len(),
-            "journal holds records to replay; kept until the extent primary replays them"
-        );
-    }
+    let journal = Arc::new(journal);
 
     let mut router = Router::new();
     ChunkService::new(store.clone())
@@ -155,14 +151,69 @@ async fn run(args: Args) -> Result<()> {
     } else {
         None
     };
+    let client = Client::new(&tls, RpcConfig::default());
+    let meta = Meta::start(
+        MetaConfig {
+            me: cfg.node_id.clone(),
+            voters: cfg
+                .voters
+                .iter()
+                .map(|s| (s.node.clone(), s.addr))
+                .collect(),
+            dir: cfg.meta_dir.clone(),
+            lease_ms: cfg.lease_ms,
+            election_timeout_ms: cfg.election_timeout_ms,
+        },
+        client.clone(),
+        gossip.as_ref().map(|g| g.watch()),
+    )
+    .await
+    .context("starting the metadata replica")?;
+    meta.register(&mut router)
+        .context("registering the metadata service")?;
+    let primary = match &gossip {
+        Some(g) => {
+            let p = Primary::new(
+                cfg.node_id.clone(),
+                meta.clone(),
+                client.clone(),
+                g.watch(),
+                journal.clone(),
+            );
+            p.register(&mut router)
+                .context("registering the extent primary")?;
+            Some(p)
+        }
+        None => {
+            warn!("gossip disabled: this node cannot act as an extent primary");
+            None
+        }
+    };
     let server = Server::bind(cfg.listen, &tls, router, RpcConfig::default())
         .await
         .with_context(|| format!("binding the fabric listener on {}", cfg.listen))?;
     let mut tasks = Vec::new();
+    meta.bootstrap()
+        .await
+        .context("initializing the metadata cluster")?;
+    if let Some(p) = &primary {
+        p.spawn_replay(replay);
+        tasks.push(p.spawn_repair());
+    } else if !replay.is_empty() {
+        warn!(
+            records = replay.len(),
+            "journal records kept: no extent primary to replay them"
+        );
+    }
+    let _lease = if cfg.voters.is_empty() {
+        warn!("no [metadata] voters configured: this node serves chunks only");
+        None
+    } else {
+        Some(meta::agent::spawn(meta.clone(), cfg.node_id.clone()))
+    };
     if let Some(g) = &gossip {
-        let client = Client::new(&tls, RpcConfig::default());
         g.start(
-            client,
+            client.clone(),
             NodeAddrs {
                 fabric: server.local_addr(),
                 public: cfg.public,
@@ -192,6 +243,7 @@ async fn run(args: Args) -> Result<()> {
     };
     info!(signal = which, "weft-chunkserver stopping");
     drop(server);
+    meta.shutdown().await;
     drop(gossip);
     for t in &tasks {
         t.abort();
@@ -199,7 +251,11 @@ async fn run(args: Args) -> Result<()> {
     for t in tasks {
         let _ = t.await;
     }
-    journal.close().await;
+    drop(primary);
+    match Arc::try_unwrap(journal) {
+        Ok(j) => j.close().await,
+        Err(_) => warn!("journal still in use at exit: the next start replays it"),
+    }
     // Handlers still running hold the store; give them a moment, then
     // flush whatever they did and close.
     let grace = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);

@@ -22,10 +22,10 @@ use fabric::rpc::{Router, RouterError};
 use fabric::wire::chunk::{
     BadBlocks, ChunkApplyDelta, ChunkApplyDeltaRequest, ChunkCreate, ChunkCreateRequest,
     ChunkDelete, ChunkDeleteRequest, ChunkDescriptor, ChunkFetch, ChunkFetchRequest,
-    ChunkFetchResponse, ChunkFlush, ChunkList, ChunkListRequest, ChunkListResponse, ChunkPunch,
-    ChunkPunchRequest, ChunkPut, ChunkPutRequest, ChunkRead, ChunkReadRequest, ChunkRef,
-    ChunkScrub, ChunkScrubRequest, ChunkScrubResponse, ChunkSetEpoch, ChunkSetEpochRequest,
-    ChunkStats, ChunkStatsResponse, ChunkWrite, ChunkWriteRequest, Done,
+    ChunkFetchResponse, ChunkFlush, ChunkList, ChunkListRequest, ChunkListResponse, ChunkOverwrite,
+    ChunkPunch, ChunkPunchRequest, ChunkPut, ChunkPutRequest, ChunkRead, ChunkReadRequest,
+    ChunkRef, ChunkScrub, ChunkScrubRequest, ChunkScrubResponse, ChunkSetEpoch,
+    ChunkSetEpochRequest, ChunkStats, ChunkStatsResponse, ChunkWrite, ChunkWriteRequest, Done,
     Durability as WireDurability, CHUNK_IO_BYTES_MAX, CHUNK_LIST_PAGE_MAX,
     SCRUB_BAD_BLOCKS_LISTED_MAX,
 };
@@ -144,6 +144,8 @@ pub fn decode_request_for_fuzz(kind: u16, header: &[u8], payload_bytes: usize) -
             .map(|r| check_request(ChunkRequest::Read(&r), payload_bytes).is_ok()),
         Kind::CHUNK_WRITE => dec::<ChunkWrite>(header)
             .map(|r| check_request(ChunkRequest::Write(&r), payload_bytes).is_ok()),
+        Kind::CHUNK_OVERWRITE => dec::<ChunkOverwrite>(header)
+            .map(|r| check_request(ChunkRequest::Write(&r), payload_bytes).is_ok()),
         Kind::CHUNK_APPLY_DELTA => dec::<ChunkApplyDelta>(header)
             .map(|r| check_request(ChunkRequest::ApplyDelta(&r), payload_bytes).is_ok()),
         Kind::CHUNK_PUT => dec::<ChunkPut>(header)
@@ -216,6 +218,7 @@ impl ChunkService {
     pub fn register(&self, router: &mut Router) -> Result<(), RouterError> {
         route!(router, self, ChunkRead, read);
         route!(router, self, ChunkWrite, write);
+        route!(router, self, ChunkOverwrite, overwrite);
         route!(router, self, ChunkApplyDelta, apply_delta);
         route!(router, self, ChunkPunch, punch);
         route!(router, self, ChunkCreate, create);
@@ -252,6 +255,20 @@ impl ChunkService {
             )
             .await?;
         Ok((Done {}, delta))
+    }
+
+    async fn overwrite(&self, r: ChunkWriteRequest, payload: Bytes) -> Answer<Done> {
+        check_request(ChunkRequest::Write(&r), payload.len())?;
+        self.store
+            .overwrite(
+                r.chunk.into(),
+                r.offset,
+                payload,
+                r.epoch,
+                durability(r.durability),
+            )
+            .await?;
+        Ok((Done {}, Bytes::new()))
     }
 
     async fn apply_delta(&self, r: ChunkApplyDeltaRequest, payload: Bytes) -> Answer<Done> {

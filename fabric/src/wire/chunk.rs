@@ -266,6 +266,10 @@ chunk_rpc!(
     ChunkWrite, Kind::CHUNK_WRITE, ChunkWriteRequest, Done
 );
 chunk_rpc!(
+    /// Write a range without the delta (and without reading old data).
+    ChunkOverwrite, Kind::CHUNK_OVERWRITE, ChunkWriteRequest, Done
+);
+chunk_rpc!(
     /// Apply a parity delta.
     ChunkApplyDelta, Kind::CHUNK_APPLY_DELTA, ChunkApplyDeltaRequest, Done
 );
@@ -331,6 +335,7 @@ pub(crate) fn decode_headers_for_fuzz(kind: Kind, header: &[u8]) {
         Kind::CHUNK_STATS => both::<ChunkStats>(header),
         Kind::CHUNK_FLUSH => both::<ChunkFlush>(header),
         Kind::CHUNK_SCRUB => both::<ChunkScrub>(header),
+        Kind::CHUNK_OVERWRITE => both::<ChunkOverwrite>(header),
         _ => {}
     }
 }

@@ -35,6 +35,9 @@ impl Kind {
     pub const METADATA_WRITE: Kind = Kind(0x0201);
     /// Raft traffic between metadata replicas: chunkservers only.
     pub const METADATA_RAFT: Kind = Kind(0x0202);
+    /// Metadata changes nodes make as they work (register, leases, extent
+    /// allocation and epochs, PR state): chunkservers and gateways.
+    pub const METADATA_NODE: Kind = Kind(0x0203);
     /// Read chunk data.
     pub const CHUNK_READ: Kind = Kind(0x0300);
     /// Write chunk data (to an extent primary, or primary to chunk holder).
@@ -61,6 +64,19 @@ impl Kind {
     pub const CHUNK_FLUSH: Kind = Kind(0x030b);
     /// Scrub every chunk now and report bad blocks.
     pub const CHUNK_SCRUB: Kind = Kind(0x030c);
+    /// Write without returning (or reading) the old data: full-row parity,
+    /// repair of corrupt blocks, journal replay.
+    pub const CHUNK_OVERWRITE: Kind = Kind(0x030d);
+    /// Write through an extent's primary (the volume client's writes).
+    pub const EXTENT_WRITE: Kind = Kind(0x0310);
+    /// Read through an extent's primary (degraded, repairing).
+    pub const EXTENT_READ: Kind = Kind(0x0311);
+    /// UNMAP through an extent's primary.
+    pub const EXTENT_PUNCH: Kind = Kind(0x0312);
+    /// Make an extent's chunks stable (SYNCHRONIZE CACHE).
+    pub const EXTENT_FLUSH: Kind = Kind(0x0313);
+    /// Ask a holder to replace an unreachable extent primary.
+    pub const EXTENT_TAKEOVER: Kind = Kind(0x0314);
 }
 
 impl fmt::Debug for Kind {
@@ -156,15 +172,26 @@ pub static KIND_TABLE: &[KindSpec] = &[
         name: "MetadataRaft",
         allowed: RoleSet::CHUNKSERVER,
     },
+    // What a node may change about itself or the data it serves; each
+    // command is checked again against the sender (a node renews only its
+    // own lease; only chunkservers change extents).
+    KindSpec {
+        kind: Kind::METADATA_NODE,
+        name: "MetadataNode",
+        allowed: RoleSet::CHUNKSERVER.union(RoleSet::GATEWAY),
+    },
     KindSpec {
         kind: Kind::CHUNK_READ,
         name: "ChunkRead",
         allowed: RoleSet::ALL,
     },
+    // Chunk writes come from the extent primary (which keeps parity in
+    // step with data) or an operator's tools; a gateway writes through the
+    // primary (`ExtentWrite`), never to a chunk directly.
     KindSpec {
         kind: Kind::CHUNK_WRITE,
         name: "ChunkWrite",
-        allowed: RoleSet::ALL,
+        allowed: RoleSet::CHUNKSERVER.union(RoleSet::ADMIN),
     },
     // Chunk kinds beyond read/write (messages in `wire::chunk`, served by
     // the chunkserver; `docs/chunkserver.md` has the reasons in full).
@@ -172,7 +199,7 @@ pub static KIND_TABLE: &[KindSpec] = &[
     KindSpec {
         kind: Kind::CHUNK_PUNCH,
         name: "ChunkPunch",
-        allowed: RoleSet::ALL,
+        allowed: RoleSet::CHUNKSERVER.union(RoleSet::ADMIN),
     },
     // Parity deltas, whole-chunk streams and epoch changes come only from
     // other chunkservers (the extent primary, repair, migration, the
@@ -230,6 +257,42 @@ pub static KIND_TABLE: &[KindSpec] = &[
     KindSpec {
         kind: Kind::CHUNK_FLUSH,
         name: "ChunkFlush",
+        allowed: RoleSet::ALL,
+    },
+    // Overwrites skip the old data (and its checksums): only the extent
+    // primary, which computes the parity itself, may send them.
+    KindSpec {
+        kind: Kind::CHUNK_OVERWRITE,
+        name: "ChunkOverwrite",
+        allowed: RoleSet::CHUNKSERVER,
+    },
+    // The volume client's way in: every write and degraded read of a LUN
+    // goes through the extent's primary, which orders them.
+    KindSpec {
+        kind: Kind::EXTENT_WRITE,
+        name: "ExtentWrite",
+        allowed: RoleSet::ALL,
+    },
+    KindSpec {
+        kind: Kind::EXTENT_READ,
+        name: "ExtentRead",
+        allowed: RoleSet::ALL,
+    },
+    KindSpec {
+        kind: Kind::EXTENT_PUNCH,
+        name: "ExtentPunch",
+        allowed: RoleSet::ALL,
+    },
+    KindSpec {
+        kind: Kind::EXTENT_FLUSH,
+        name: "ExtentFlush",
+        allowed: RoleSet::ALL,
+    },
+    // A gateway that cannot reach a primary asks a holder to take over;
+    // the holder checks for itself and the metadata's lease rule decides.
+    KindSpec {
+        kind: Kind::EXTENT_TAKEOVER,
+        name: "ExtentTakeover",
         allowed: RoleSet::ALL,
     },
 ];

@@ -91,6 +91,8 @@ pub(crate) fn decode_any_header_for_fuzz(frame: &Frame) {
         let _ = postcard::from_bytes::<crate::gossip::message::Envelope>(&frame.header);
     }
     super::chunk::decode_headers_for_fuzz(frame.kind, &frame.header);
+    crate::metadata::rpc::decode_headers_for_fuzz(frame.kind, &frame.header);
+    super::extent::decode_headers_for_fuzz(frame.kind, &frame.header);
     // Kinds added to the table add their decoders here.
     let _ = KIND_TABLE;
 }

@@ -3,6 +3,7 @@
 //! Sans-IO throughout.
 
 pub mod chunk;
+pub mod extent;
 pub mod frame;
 pub mod kinds;
 pub mod messages;

@@ -1,5 +1,9 @@
 //! `weft-gateway`: serves iSCSI targets over RAM or file backends (standalone)
-//! from a TOML config or from command-line flags.
+//! from a TOML config or from command-line flags, or the cluster's LUNs
+//! (`--cluster FILE`).
+
+mod cluster;
+mod device;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -23,12 +27,20 @@ use tokio::sync::watch;
 /// LUN specs: `ram:SIZE` or `file:PATH[,size=SIZE]`, each with an optional
 /// `,bs=512|4096`; LUNs are numbered from 0 in the order given. With
 /// `--config FILE` everything comes from the file (see etc/gateway.toml).
+///
+/// Cluster mode: `weft-gateway --cluster /etc/weft/gateway-cluster.toml`
+/// serves the targets and LUNs of the cluster's metadata, with LUN data on
+/// the chunkservers (see etc/gateway-cluster.toml).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, verbatim_doc_comment)]
 struct Args {
     /// TOML configuration file (etc/gateway.toml shows every key).
-    #[arg(long, short = 'c', conflicts_with_all = ["iqn", "lun"])]
+    #[arg(long, short = 'c', conflicts_with_all = ["iqn", "lun", "cluster"])]
     config: Option<PathBuf>,
+    /// Serve the cluster's targets and LUNs (TOML file with [gateway] and
+    /// [cluster]; see etc/gateway-cluster.toml).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["iqn", "lun"])]
+    cluster: Option<PathBuf>,
     /// Address to listen on; repeat for several portals.
     #[arg(long = "portal", value_name = "IP:PORT")]
     portals: Vec<String>,
@@ -148,18 +160,28 @@ fn main() -> Result<()> {
     } else {
         builder.init();
     }
-    let cfg = config_from_args(&args)?;
-    let gateway = cfg.build().context("configuration")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(cfg, gateway))
+    if let Some(path) = &args.cluster {
+        let mut cfg = cluster::ClusterConfig::load(path)?;
+        if !args.portals.is_empty() {
+            cfg.portals = args.portals.clone();
+        }
+        return rt.block_on(async {
+            let (gateway, _tasks) = cluster::start(&cfg).await?;
+            run(&cfg.portals, gateway).await
+        });
+    }
+    let cfg = config_from_args(&args)?;
+    let gateway = cfg.build().context("configuration")?;
+    rt.block_on(run(&cfg.gateway.portals, gateway))
 }
 
-async fn run(cfg: Config, gateway: Arc<iscsi_target::gateway::Gateway>) -> Result<()> {
+async fn run(portals: &[String], gateway: Arc<iscsi_target::gateway::Gateway>) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut servers = Vec::new();
-    for portal in &cfg.gateway.portals {
+    for portal in portals {
         let listener = tokio::net::TcpListener::bind(portal)
             .await
             .with_context(|| format!("cannot listen on {portal}"))?;
@@ -175,7 +197,7 @@ async fn run(cfg: Config, gateway: Arc<iscsi_target::gateway::Gateway>) -> Resul
     for t in gateway.targets() {
         tracing::info!(target = %t.auth.name, luns = ?t.scsi.luns(), chap = t.auth.chap.initiator.is_some(), "serving target");
     }
-    tracing::info!(portals = ?cfg.gateway.portals, "weft-gateway ready");
+    tracing::info!(?portals, "weft-gateway ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -1,0 +1,111 @@
+//! A LUN of the cluster as the SCSI layer's block device: logical blocks
+//! over the volume client's bytes.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fabric::volume::{Volume, VolumeError};
+use iscsi_target::backend::{check_range, BlockDevice, BlockError, LbaStatus, ProvisioningStatus};
+use std::sync::Arc;
+
+pub struct ClusterDevice {
+    pub volume: Arc<Volume>,
+    block_size: u32,
+}
+
+impl ClusterDevice {
+    pub fn new(volume: Arc<Volume>) -> ClusterDevice {
+        let block_size = volume.lun().block_size;
+        ClusterDevice { volume, block_size }
+    }
+
+    fn bytes(&self, lba: u64, blocks: u64) -> Result<(u64, u64), BlockError> {
+        check_range(lba, blocks, self.num_blocks())?;
+        let bs = u64::from(self.block_size);
+        Ok((lba * bs, blocks * bs))
+    }
+}
+
+fn map(e: VolumeError) -> BlockError {
+    match e {
+        VolumeError::Miscompare(offset) => BlockError::Miscompare { offset },
+        VolumeError::OutOfRange { offset, len, size } => BlockError::OutOfRange {
+            lba: offset,
+            blocks: len,
+            num_blocks: size,
+        },
+        other => BlockError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl BlockDevice for ClusterDevice {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.volume.size_bytes() / u64::from(self.block_size)
+    }
+
+    async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, BlockError> {
+        let (off, len) = self.bytes(lba, u64::from(blocks))?;
+        self.volume.read(off, len).await.map_err(map)
+    }
+
+    async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+        let bs = self.block_size as usize;
+        if !data.len().is_multiple_of(bs) {
+            return Err(BlockError::Misaligned {
+                len: data.len(),
+                block_size: self.block_size,
+            });
+        }
+        let (off, _) = self.bytes(lba, (data.len() / bs) as u64)?;
+        self.volume.write(off, data, fua).await.map_err(map)
+    }
+
+    async fn flush(&self) -> Result<(), BlockError> {
+        self.volume.flush().await.map_err(map)
+    }
+
+    async fn unmap(&self, lba: u64, blocks: u64) -> Result<(), BlockError> {
+        let (off, len) = self.bytes(lba, blocks)?;
+        self.volume.unmap(off, len).await.map_err(map)
+    }
+
+    async fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: Bytes,
+        write: Bytes,
+        fua: bool,
+    ) -> Result<(), BlockError> {
+        let bs = self.block_size as usize;
+        if !write.len().is_multiple_of(bs) || compare.len() != write.len() {
+            return Err(BlockError::Misaligned {
+                len: write.len(),
+                block_size: self.block_size,
+            });
+        }
+        let (off, _) = self.bytes(lba, (write.len() / bs) as u64)?;
+        self.volume
+            .compare_and_write(off, compare, write, fua)
+            .await
+            .map_err(map)
+    }
+
+    async fn lba_status(&self, lba: u64) -> Result<LbaStatus, BlockError> {
+        let (off, _) = self.bytes(lba, 1)?;
+        let (allocated, len) = self.volume.allocated(off).await.map_err(map)?;
+        let bs = u64::from(self.block_size);
+        Ok(LbaStatus {
+            lba,
+            blocks: (len / bs).max(1),
+            status: if allocated {
+                ProvisioningStatus::Mapped
+            } else {
+                ProvisioningStatus::Deallocated
+            },
+        })
+    }
+}
