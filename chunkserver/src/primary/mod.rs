@@ -56,10 +56,32 @@ use crate::meta::Meta;
 
 /// Deadline of one chunk call made by the primary.
 const CHUNK_CALL_MS: u64 = 10_000;
-/// Test hook: abort the process after journaling this many writes (and
-/// before sending any of the last one to a chunk). Only for the write-hole
-/// test; unset in every real deployment.
-pub const CRASH_AFTER_JOURNAL_ENV: &str = "WEFT_TEST_CRASH_AFTER_JOURNAL";
+/// How long a read waits for a chunk before rebuilding the range from the
+/// others instead (a slow or stopped holder).
+const HEDGE_MS: u64 = 500;
+/// Test hook: `journal:N` aborts the process after journaling its N-th
+/// write, before sending it to any chunk; `parity:N` after the N-th
+/// write's data chunks have it, before its parity does. Only for the
+/// write-hole tests; unset in every real deployment.
+pub const CRASH_POINT_ENV: &str = "WEFT_TEST_CRASH_POINT";
+
+/// Where the test hook aborts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrashPoint {
+    AfterJournal(u64),
+    BeforeParity(u64),
+}
+
+fn crash_point() -> Option<CrashPoint> {
+    let v = std::env::var(CRASH_POINT_ENV).ok()?;
+    let (at, n) = v.split_once(':')?;
+    let n = n.parse().ok()?;
+    match at {
+        "journal" => Some(CrashPoint::AfterJournal(n)),
+        "parity" => Some(CrashPoint::BeforeParity(n)),
+        _ => None,
+    }
+}
 
 /// What the journal keeps of a write: which rows to reconcile if the
 /// primary dies before every chunk has it.
@@ -99,7 +121,7 @@ pub struct Primary {
     created: Mutex<std::collections::HashSet<(u64, u64, u64)>>,
     /// Journal sequence numbers of writes in flight.
     inflight: Mutex<BTreeSet<u64>>,
-    crash_after: Option<u64>,
+    crash: Option<CrashPoint>,
     journaled: AtomicU64,
 }
 
@@ -111,9 +133,7 @@ impl Primary {
         view: watch::Receiver<Arc<View>>,
         journal: Arc<Journal>,
     ) -> Arc<Primary> {
-        let crash_after = std::env::var(CRASH_AFTER_JOURNAL_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok());
+        let crash = crash_point();
         Arc::new(Primary {
             me,
             meta,
@@ -125,7 +145,7 @@ impl Primary {
             layouts: Mutex::new(HashMap::new()),
             created: Mutex::new(Default::default()),
             inflight: Mutex::new(BTreeSet::new()),
-            crash_after,
+            crash,
             journaled: AtomicU64::new(0),
         })
     }
@@ -169,6 +189,11 @@ impl Primary {
             .get(node)
             .and_then(|n| n.addrs())
             .map(|a| a.fabric)
+    }
+
+    /// Whether gossip says `node` is alive (not suspect, not dead).
+    fn alive(&self, node: &NodeId) -> bool {
+        self.view.borrow().availability(node) == Some(fabric::gossip::Availability::Alive)
     }
 
     async fn layout(&self, lun: u64) -> Result<Layout, RpcError> {
@@ -325,9 +350,20 @@ impl Primary {
         a: u64,
         b: u64,
     ) -> Result<Bytes, RpcError> {
-        let err = match self.read_chunk(e, slot, a, b).await {
-            Ok(d) => return Ok(d),
-            Err(err) => err,
+        let holder_alive = e.nodes.get(slot).is_some_and(|n| self.alive(n));
+        let err = if holder_alive {
+            match tokio::time::timeout(
+                Duration::from_millis(HEDGE_MS),
+                self.read_chunk(e, slot, a, b),
+            )
+            .await
+            {
+                Ok(Ok(d)) => return Ok(d),
+                Ok(Err(err)) => err,
+                Err(_) => unavailable(format!("chunk {slot} slower than {HEDGE_MS} ms")),
+            }
+        } else {
+            unavailable(format!("the holder of chunk {slot} is not alive"))
         };
         warn!(chunk = %Self::chunk_ref(e, slot), %err, "rebuilding a chunk range from parity");
         let mut acc = vec![0u8; (b - a) as usize];
@@ -473,7 +509,7 @@ impl Primary {
             .map_err(|x| unavailable(format!("journal: {x}")))?;
         self.inflight.lock().insert(seq);
         let n = self.journaled.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.crash_after == Some(n) {
+        if self.crash == Some(CrashPoint::AfterJournal(n)) {
             warn!("test hook: aborting after the journal, before the chunks");
             std::process::abort();
         }
@@ -586,6 +622,12 @@ impl Primary {
                     failed.push(j);
                 }
                 Err(err) => return Err(unavailable(err.to_string())),
+            }
+        }
+        if let Some(CrashPoint::BeforeParity(n)) = self.crash {
+            if self.journaled.load(Ordering::Relaxed) >= n {
+                warn!("test hook: aborting after the data chunks, before the parity");
+                std::process::abort();
             }
         }
         if !failed.is_empty() {
@@ -891,10 +933,7 @@ impl Primary {
                     .collect();
                 for e in mine {
                     for (slot, st) in e.chunks.iter().enumerate() {
-                        let alive = e.nodes.get(slot).is_some_and(|n| {
-                            p.view.borrow().availability(n)
-                                == Some(fabric::gossip::Availability::Alive)
-                        });
+                        let alive = e.nodes.get(slot).is_some_and(|n| p.alive(n));
                         if *st != ChunkState::Ok && alive {
                             if let Err(err) = p.rebuild(&e, slot).await {
                                 warn!(lun = e.lun, extent = e.index, slot, %err, "rebuild failed; will retry");

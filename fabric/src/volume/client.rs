@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::layout::{align, Layout, LayoutError};
-use crate::gossip::View;
+use crate::gossip::{Availability, View};
 use crate::identity::NodeId;
 use crate::metadata::client::{MetaClient, MetaClientError};
 use crate::metadata::rpc::{ReadReply, ReadRequest};
@@ -227,6 +227,10 @@ impl Volume {
                 return None;
             }
             let node = e.nodes.get(j)?.clone();
+            // A holder gossip suspects is read around at once.
+            if self.view.borrow().availability(&node) != Some(Availability::Alive) {
+                return None;
+            }
             let addr = self.addr(&node)?;
             let (a, b) = align(a, b);
             let req = ChunkReadRequest {
