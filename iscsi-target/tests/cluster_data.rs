@@ -419,7 +419,7 @@ async fn primary_crash_before_the_parity_leaves_no_write_hole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_holder_is_hedged_around() {
-    let mut c = cluster_with_lun(128 * MIB).await;
+    let c = cluster_with_lun(128 * MIB).await;
     let img = c.dir.path().join("in.img");
     let data = random_image(&img, 48 * MIB, 30);
     upload(&c, 0, &img);
