@@ -471,3 +471,29 @@ async fn two_gateways_write_one_lun_and_read_each_others_writes() {
     // A read that must fail does (the check itself can fail).
     assert!(qemu_io(&u0, "read -P 0xee 0 1M").is_err());
 }
+
+/// libiscsi's conformance suite against `weft-gateway --cluster`, with the
+/// same lists of allowed failures and skips as the RAM backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_against_the_cluster() {
+    let c = cluster_with_lun(256 * MIB).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out_dir = c.dir.path().join("conformance");
+    let out = Command::new(root.join("tests/conformance/run.sh"))
+        .arg("--url")
+        .arg(c.url(0))
+        .arg("--expected-skips")
+        .arg(root.join("tests/conformance/expected-skips.txt"))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "conformance against the cluster failed:\n{text}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+}

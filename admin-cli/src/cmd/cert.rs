@@ -16,8 +16,7 @@ use std::time::SystemTime;
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
     /// Create the cluster CA (ca.crt, ca.key) in DIR.
-    ///
-    /// Example: weft cert init --dir /etc/weft/ca --cluster-name prod
+    #[command(after_help = "Example:\n  weft cert init --dir /etc/weft/ca --cluster-name prod")]
     Init {
         /// Directory for ca.crt and ca.key (created; ca.key is mode 0600).
         #[arg(long, default_value = "weft-ca")]
@@ -32,7 +31,9 @@ pub enum CertCommand {
     /// Issue a certificate for one node, signed by the cluster CA.
     ///
     /// Writes ca.crt, node.crt and node.key (0600) into OUT.
-    /// Example: weft cert issue --role chunkserver --node-id cs1 --ca-dir /etc/weft/ca
+    #[command(after_help = "Examples:\n  \
+        weft cert issue --role chunkserver --node-id cs-1 --ca-dir /etc/weft/ca\n  \
+        weft cert issue --role admin --node-id ops --ca-dir /etc/weft/ca --out ~/.config/weft/admin")]
     Issue {
         /// What the node may do: chunkserver, gateway or admin.
         #[arg(long)]
@@ -51,8 +52,7 @@ pub enum CertCommand {
         days: u64,
     },
     /// Show what a certificate says: identity, issuer, validity.
-    ///
-    /// Example: weft cert show /etc/weft/node/node.crt -o json
+    #[command(after_help = "Example:\n  weft cert show ~/.config/weft/admin -o json")]
     Show {
         /// A PEM certificate file (or a directory with node.crt or ca.crt).
         path: PathBuf,

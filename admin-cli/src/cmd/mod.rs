@@ -1,12 +1,20 @@
 //! One module per `weft` noun.
 
 pub mod cert;
+pub mod lun;
+pub mod node;
+pub mod status;
+pub mod target;
 
-/// Output format shared by commands that print data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// For people.
-    Text,
-    /// For scripts: one JSON document on stdout.
-    Json,
+use crate::error::{CliError, CliResult};
+pub use crate::render::Output;
+
+/// Destructive commands need `--yes` (scripts say so explicitly; nobody
+/// deletes data by pressing Enter): exit 2 without it.
+pub(crate) fn confirm(yes: bool, what: &str) -> CliResult<()> {
+    if yes {
+        Ok(())
+    } else {
+        Err(CliError::Usage(format!("{what}: add --yes to confirm")))
+    }
 }

@@ -153,6 +153,7 @@ pub fn prepare(
             chunks,
             now_ms: now,
         },
+        Command::CreateTarget { iqn, .. } => Command::CreateTarget { iqn, now_ms: now },
         Command::RenewLease { node, .. } => Command::RenewLease {
             node,
             expires_ms: now.saturating_add(lease_ms),
