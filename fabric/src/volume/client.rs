@@ -47,6 +47,9 @@ pub struct VolumeConfig {
     /// How long a write keeps retrying while the extent has no reachable
     /// primary (a failover), before it fails as retryable.
     pub write_patience: Duration,
+    /// Allocate extents with an admin certificate (`weft lun import`)
+    /// rather than as a gateway.
+    pub allocate_as_admin: bool,
 }
 
 impl Default for VolumeConfig {
@@ -55,6 +58,7 @@ impl Default for VolumeConfig {
             hedge_after: Duration::from_millis(300),
             call_timeout: Duration::from_secs(10),
             write_patience: Duration::from_secs(20),
+            allocate_as_admin: false,
         }
     }
 }
@@ -167,19 +171,22 @@ impl Volume {
         let e = match (found, allocate) {
             (Some(e), _) => Some(e),
             (None, false) => None,
-            (None, true) => match self
-                .meta
-                .node(Command::AllocateExtent {
+            (None, true) => {
+                let cmd = Command::AllocateExtent {
                     lun,
                     index,
                     nodes: Vec::new(),
-                })
-                .await?
-                .outcome
-            {
-                Outcome::Extent(e) => Some(e),
-                o => return Err(VolumeError::Invalid(format!("allocation answered {o:?}"))),
-            },
+                };
+                let reply = if self.config.allocate_as_admin {
+                    self.meta.admin(cmd).await?
+                } else {
+                    self.meta.node(cmd).await?
+                };
+                match reply.outcome {
+                    Outcome::Extent(e) => Some(e),
+                    o => return Err(VolumeError::Invalid(format!("allocation answered {o:?}"))),
+                }
+            }
         };
         if let Some(e) = &e {
             self.extents.lock().insert(index, e.clone());
