@@ -132,7 +132,15 @@ async fn run(args: Args) -> Result<()> {
     let journal = Arc::new(journal);
 
     let mut router = Router::new();
-    ChunkService::new(store.clone())
+    let lease = Arc::new(meta::agent::Lease::default());
+    let service = ChunkService::new(store.clone());
+    // Without metadata (a bare chunk store) there is no lease to honour.
+    let service = if cfg.voters.is_empty() {
+        service
+    } else {
+        service.with_lease(lease.clone())
+    };
+    service
         .register(&mut router)
         .context("registering the chunk service")?;
     let gossip = if cfg.gossip {
@@ -179,6 +187,7 @@ async fn run(args: Args) -> Result<()> {
                 client.clone(),
                 g.watch(),
                 journal.clone(),
+                lease.clone(),
             );
             p.register(&mut router)
                 .context("registering the extent primary")?;
@@ -209,7 +218,11 @@ async fn run(args: Args) -> Result<()> {
         warn!("no [metadata] voters configured: this node serves chunks only");
         None
     } else {
-        Some(meta::agent::spawn(meta.clone(), cfg.node_id.clone()))
+        Some(meta::agent::spawn(
+            meta.clone(),
+            cfg.node_id.clone(),
+            lease.clone(),
+        ))
     };
     if let Some(g) = &gossip {
         g.start(

@@ -31,11 +31,10 @@ impl Lease {
     }
 }
 
-/// Registers `me` and keeps its lease renewed, for as long as the task
+/// Registers `me` and keeps `lease` renewed, for as long as the task
 /// runs.
-pub fn spawn(meta: Arc<Meta>, me: NodeId) -> Arc<Lease> {
-    let lease = Arc::new(Lease::default());
-    let l = lease.clone();
+pub fn spawn(meta: Arc<Meta>, me: NodeId, lease: Arc<Lease>) -> tokio::task::JoinHandle<()> {
+    let l = lease;
     tokio::spawn(async move {
         let every = Duration::from_millis((meta.lease_ms() / 3).max(100));
         loop {
@@ -79,6 +78,5 @@ pub fn spawn(meta: Arc<Meta>, me: NodeId) -> Arc<Lease> {
             }
             tokio::time::sleep(every).await;
         }
-    });
-    lease
+    })
 }

@@ -51,8 +51,10 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::journal::{Journal, Record};
+use crate::meta::agent::Lease;
 use crate::meta::raft_rpc::Origin;
 use crate::meta::Meta;
+use crate::service::LEASE_MARGIN_MS;
 
 /// Deadline of one chunk call made by the primary.
 const CHUNK_CALL_MS: u64 = 10_000;
@@ -114,6 +116,9 @@ pub struct Primary {
     rpc: Client,
     view: watch::Receiver<Arc<View>>,
     journal: Arc<Journal>,
+    /// This node acts as a primary only while its lease is valid: once it
+    /// lapses another holder may have taken over.
+    lease: Arc<Lease>,
     locks: Mutex<HashMap<(u64, u64), ExtentLock>>,
     extents: Mutex<HashMap<(u64, u64), Extent>>,
     layouts: Mutex<HashMap<u64, Layout>>,
@@ -132,6 +137,7 @@ impl Primary {
         rpc: Client,
         view: watch::Receiver<Arc<View>>,
         journal: Arc<Journal>,
+        lease: Arc<Lease>,
     ) -> Arc<Primary> {
         let crash = crash_point();
         Arc::new(Primary {
@@ -140,6 +146,7 @@ impl Primary {
             rpc,
             view,
             journal,
+            lease,
             locks: Mutex::new(HashMap::new()),
             extents: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
@@ -220,6 +227,9 @@ impl Primary {
     /// refuses a stale caller and a caller that took us for the primary
     /// when we are not.
     async fn extent(&self, r: &ExtentRef) -> Result<(Extent, Layout), RpcError> {
+        if !self.lease.valid(LEASE_MARGIN_MS) {
+            return Err(unavailable("this node's lease has lapsed"));
+        }
         let layout = self.layout(r.lun).await?;
         let cached = self.extents.lock().get(&(r.lun, r.extent)).cloned();
         let e = match cached {

@@ -23,6 +23,9 @@ pub enum ChunkError {
     /// The request contradicts itself.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// This node's metadata lease has lapsed.
+    #[error("this node's lease has lapsed: it serves gateways again once renewed")]
+    NoLease,
 }
 
 impl ChunkError {
@@ -43,6 +46,7 @@ impl ChunkError {
             },
             ChunkError::TooLarge { .. } => chunk_error::TOO_LARGE,
             ChunkError::Invalid(_) => chunk_error::INVALID,
+            ChunkError::NoLease => chunk_error::NO_LEASE,
         }
     }
 
@@ -70,6 +74,7 @@ pub fn code_name(code: u32) -> &'static str {
         chunk_error::OUT_OF_RANGE => "OutOfRange",
         chunk_error::MISALIGNED => "Misaligned",
         chunk_error::CHECKSUM => "Checksum",
+        chunk_error::NO_LEASE => "NoLease",
         chunk_error::FULL => "Full",
         chunk_error::TOO_LARGE => "TooLarge",
         chunk_error::IO => "Io",

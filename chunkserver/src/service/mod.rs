@@ -17,7 +17,7 @@ mod error;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fabric::identity::PeerIdentity;
+use fabric::identity::{PeerIdentity, Role};
 use fabric::rpc::{Router, RouterError};
 use fabric::wire::chunk::{
     BadBlocks, ChunkApplyDelta, ChunkApplyDeltaRequest, ChunkCreate, ChunkCreateRequest,
@@ -33,6 +33,7 @@ use fabric::wire::{Kind, Rpc, PAYLOAD_BYTES_MAX};
 use fabric::RpcError;
 use tracing::{debug, warn};
 
+use crate::meta::agent::Lease;
 use crate::store::{ChunkId, ChunkInfo, ChunkMeta, ChunkState, ChunkStore, Durability};
 
 pub use capacity::{capacity_of, spawn_capacity_publisher, CAPACITY_INTERVAL_MS_DEFAULT};
@@ -168,6 +169,10 @@ pub fn decode_request_for_fuzz(kind: u16, header: &[u8], payload_bytes: usize) -
 #[derive(Clone)]
 pub struct ChunkService {
     store: Arc<ChunkStore>,
+    /// When set, gateways are served only while it is valid (DESIGN.md:
+    /// a node stops serving when its lease lapses, so a replaced chunk is
+    /// never read from its old holder).
+    lease: Option<Arc<Lease>>,
 }
 
 impl std::fmt::Debug for ChunkService {
@@ -195,9 +200,11 @@ macro_rules! route {
         $router.register::<$rpc, _, _>(move |peer, req, payload| {
             let svc = svc.clone();
             async move {
-                svc.$method(req, payload)
-                    .await
-                    .map_err(|e| refuse(<$rpc as Rpc>::KIND, &peer, e))
+                let served = match svc.check_lease(&peer) {
+                    Ok(()) => svc.$method(req, payload).await,
+                    Err(e) => Err(e),
+                };
+                served.map_err(|e| refuse(<$rpc as Rpc>::KIND, &peer, e))
             }
         })?;
     }};
@@ -205,9 +212,28 @@ macro_rules! route {
 
 type Answer<T> = Result<(T, Bytes), ChunkError>;
 
+/// Room for clock skew between this node and the leader that granted
+/// the lease: the node stops serving this much before the lease ends.
+pub const LEASE_MARGIN_MS: u64 = 500;
+
 impl ChunkService {
     pub fn new(store: Arc<ChunkStore>) -> ChunkService {
-        ChunkService { store }
+        ChunkService { store, lease: None }
+    }
+
+    /// Serve gateways only while `lease` is valid.
+    pub fn with_lease(mut self, lease: Arc<Lease>) -> ChunkService {
+        self.lease = Some(lease);
+        self
+    }
+
+    fn check_lease(&self, peer: &PeerIdentity) -> Result<(), ChunkError> {
+        match &self.lease {
+            Some(l) if peer.role == Role::Gateway && !l.valid(LEASE_MARGIN_MS) => {
+                Err(ChunkError::NoLease)
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn store(&self) -> &Arc<ChunkStore> {

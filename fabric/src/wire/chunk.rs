@@ -243,6 +243,9 @@ pub mod chunk_error {
     /// Fields of the request contradict each other (e.g. a payload with a
     /// length other than the one implied).
     pub const INVALID: u32 = 11;
+    /// This node's lease from the metadata has lapsed: it serves no
+    /// gateway until renewed (another node may have replaced its chunks).
+    pub const NO_LEASE: u32 = 12;
 }
 
 macro_rules! chunk_rpc {
