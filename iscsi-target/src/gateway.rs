@@ -34,7 +34,9 @@ struct SessionEntry {
 
 /// The gateway's targets, portals and live sessions.
 pub struct Gateway {
-    targets: HashMap<String, Target>,
+    /// By name; a cluster gateway adds and removes targets as the
+    /// catalogue changes (sessions keep the target they logged in to).
+    targets: parking_lot::RwLock<HashMap<String, Arc<Target>>>,
     /// Portals advertised in SendTargets (`ip:port`), with our TPGT.
     pub portals: Vec<String>,
     pub tpgt: u16,
@@ -69,10 +71,12 @@ impl Gateway {
         discovery_chap: ChapConfig,
     ) -> Self {
         Gateway {
-            targets: targets
-                .into_iter()
-                .map(|t| (t.auth.name.clone(), t))
-                .collect(),
+            targets: parking_lot::RwLock::new(
+                targets
+                    .into_iter()
+                    .map(|t| (t.auth.name.clone(), Arc::new(t)))
+                    .collect(),
+            ),
             portals,
             tpgt,
             discovery_chap,
@@ -82,12 +86,28 @@ impl Gateway {
         }
     }
 
-    pub fn target(&self, name: &str) -> Option<&Target> {
-        self.targets.get(name)
+    pub fn target(&self, name: &str) -> Option<Arc<Target>> {
+        self.targets.read().get(name).cloned()
     }
 
-    pub fn targets(&self) -> impl Iterator<Item = &Target> {
-        self.targets.values()
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        self.targets.read().values().cloned().collect()
+    }
+
+    /// Serves a new target (or replaces one of the same name: sessions
+    /// already logged in keep the old one until they log in again).
+    pub fn add_target(self: &Arc<Self>, t: Target) {
+        let me: std::sync::Weak<Gateway> = Arc::downgrade(self);
+        let aborter: std::sync::Weak<dyn TaskAborter> = me;
+        t.scsi.set_task_aborter(aborter);
+        self.targets
+            .write()
+            .insert(t.auth.name.clone(), Arc::new(t));
+    }
+
+    /// Stops offering a target to new logins.
+    pub fn remove_target(&self, name: &str) {
+        self.targets.write().remove(name);
     }
 
     /// A fresh non-zero TSIH.
@@ -176,7 +196,7 @@ impl Directory for Gateway {
     }
 
     fn target(&self, name: &str) -> Option<TargetAuth> {
-        self.targets.get(name).map(|t| t.auth.clone())
+        self.targets.read().get(name).map(|t| t.auth.clone())
     }
 
     fn discovery_chap(&self) -> ChapConfig {
@@ -186,6 +206,7 @@ impl Directory for Gateway {
     fn send_targets(&self, initiator: &str) -> Vec<(String, Vec<String>)> {
         let mut out: Vec<(String, Vec<String>)> = self
             .targets
+            .read()
             .values()
             .filter(|t| t.auth.allows(initiator))
             .map(|t| {

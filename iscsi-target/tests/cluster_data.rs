@@ -497,3 +497,69 @@ async fn conformance_against_the_cluster() {
         c.logs()
     );
 }
+
+fn lun_size(url: &str) -> Option<u64> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("\"virtual-size\":")?;
+    text[at + 15..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The gateway follows the catalogue: a LUN mapped later is served
+/// without a restart, and a resize is seen at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_luns_and_resizes_reach_a_running_gateway() {
+    let c = cluster_with_lun(64 * MIB).await;
+    let url1 = c.url(0).replace("/0", "/1");
+    assert!(lun_size(&url1).is_none(), "LUN 1 served before it exists");
+    let a = c.admin();
+    a.admin(fabric::metadata::Command::CreateLun {
+        name: "second".into(),
+        size_bytes: 32 * MIB,
+        block_size: 512,
+        policy: fabric::placement::Policy::new(fabric::placement::EcProfile { k: 3, m: 1 }),
+        naa: [0; 16],
+        serial: String::new(),
+        now_ms: 0,
+    })
+    .await
+    .unwrap();
+    a.admin(fabric::metadata::Command::MapLun {
+        iqn: cluster::IQN.into(),
+        lun: 1,
+        name: "second".into(),
+    })
+    .await
+    .unwrap();
+    a.admin(fabric::metadata::Command::ResizeLun {
+        name: "data".into(),
+        size_bytes: 96 * MIB,
+    })
+    .await
+    .unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s0, s1) = (lun_size(&c.url(0)), lun_size(&url1));
+        if s0 == Some(96 * MIB) && s1 == Some(32 * MIB) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "gateway did not follow: LUN 0 {s0:?}, LUN 1 {s1:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    qemu_io(&url1, "write -P 0x5e 0 1M").unwrap();
+    qemu_io(&url1, "read -P 0x5e 0 1M").unwrap();
+    qemu_io(&c.url(0), "write -P 0x6f 90M 1M").unwrap();
+    qemu_io(&c.url(0), "read -P 0x6f 90M 1M").unwrap();
+}

@@ -52,6 +52,19 @@ pub(crate) struct Lu {
     pub prevent: Mutex<HashSet<ItNexus>>,
 }
 
+impl Lu {
+    fn new(cfg: LuConfig) -> Lu {
+        Lu {
+            mode: Mutex::new(ModeState::default()),
+            ua: Mutex::new(UaQueues::default()),
+            legacy_holder: Mutex::new(None),
+            pr_lock: tokio::sync::Mutex::new(()),
+            prevent: Mutex::new(HashSet::new()),
+            cfg,
+        }
+    }
+}
+
 /// What a handler moved, for the generic residual computation.
 pub(crate) enum Xfer {
     None,
@@ -95,7 +108,9 @@ pub trait TaskAborter: Send + Sync {
 
 pub struct ScsiTarget {
     pub(crate) target_name: String,
-    pub(crate) lus: BTreeMap<u64, Lu>,
+    /// Logical units by LUN; a cluster gateway adds and removes them as
+    /// the catalogue changes.
+    pub(crate) lus: parking_lot::RwLock<BTreeMap<u64, Arc<Lu>>>,
     pub(crate) pr_store: Arc<dyn PrStore>,
     pub(crate) alua: Arc<dyn AluaProvider>,
     /// Set once by the transport that owns this target; weak because the
@@ -108,21 +123,11 @@ impl ScsiTarget {
         let lus = cfg
             .lus
             .into_iter()
-            .map(|c| {
-                let lu = Lu {
-                    mode: Mutex::new(ModeState::default()),
-                    ua: Mutex::new(UaQueues::default()),
-                    legacy_holder: Mutex::new(None),
-                    pr_lock: tokio::sync::Mutex::new(()),
-                    prevent: Mutex::new(HashSet::new()),
-                    cfg: c,
-                };
-                (lu.cfg.lun, lu)
-            })
+            .map(|c| (c.lun, Arc::new(Lu::new(c))))
             .collect();
         ScsiTarget {
             target_name: cfg.target_name,
-            lus,
+            lus: parking_lot::RwLock::new(lus),
             pr_store: cfg.pr_store,
             alua: cfg.alua,
             aborter: std::sync::OnceLock::new(),
@@ -141,26 +146,59 @@ impl ScsiTarget {
     }
 
     pub fn luns(&self) -> Vec<u64> {
-        self.lus.keys().copied().collect()
+        self.lus.read().keys().copied().collect()
     }
 
     pub fn has_lun(&self, lun: u64) -> bool {
-        self.lus.contains_key(&lun)
+        self.lus.read().contains_key(&lun)
+    }
+
+    /// Adds (or replaces) a logical unit; every nexus of the other LUs
+    /// sees REPORTED LUNS DATA HAS CHANGED.
+    pub fn add_lu(&self, cfg: LuConfig) {
+        let mut lus = self.lus.write();
+        lus.insert(cfg.lun, Arc::new(Lu::new(cfg)));
+        for lu in lus.values() {
+            lu.ua
+                .lock()
+                .push_where(UaKind::ReportedLunsDataChanged, |_| true);
+        }
+    }
+
+    /// Removes a logical unit (commands to it then fail with LOGICAL UNIT
+    /// NOT SUPPORTED); the others report the change.
+    pub fn remove_lu(&self, lun: u64) {
+        let mut lus = self.lus.write();
+        if lus.remove(&lun).is_some() {
+            for lu in lus.values() {
+                lu.ua
+                    .lock()
+                    .push_where(UaKind::ReportedLunsDataChanged, |_| true);
+            }
+        }
+    }
+
+    fn lu(&self, lun: u64) -> Option<Arc<Lu>> {
+        self.lus.read().get(&lun).cloned()
+    }
+
+    fn all_lus(&self) -> Vec<Arc<Lu>> {
+        self.lus.read().values().cloned().collect()
     }
 
     /// LOGICAL UNIT RESET: every nexus sees BUS DEVICE RESET; RESERVE(6/10)
     /// reservations and medium-removal prevention end; persistent
     /// reservations survive (SPC-4 5.13.1).
     pub fn lu_reset(&self, lun: u64) {
-        if let Some(lu) = self.lus.get(&lun) {
-            Self::reset_lu(lu, UaKind::BusDeviceReset);
+        if let Some(lu) = self.lu(lun) {
+            Self::reset_lu(&lu, UaKind::BusDeviceReset);
         }
     }
 
     /// TARGET WARM/COLD RESET: a reset of every logical unit.
     pub fn target_reset(&self) {
-        for lu in self.lus.values() {
-            Self::reset_lu(lu, UaKind::PowerOnReset);
+        for lu in self.all_lus() {
+            Self::reset_lu(&lu, UaKind::PowerOnReset);
         }
     }
 
@@ -173,7 +211,7 @@ impl ScsiTarget {
     /// The session of `nexus` ended: its unit attentions, RESERVE(6/10)
     /// reservation and PREVENT go; persistent registrations stay.
     pub fn nexus_gone(&self, nexus: &ItNexus) {
-        for lu in self.lus.values() {
+        for lu in self.all_lus() {
             lu.ua.lock().forget(nexus);
             lu.prevent.lock().remove(nexus);
             let mut holder = lu.legacy_holder.lock();
@@ -185,7 +223,7 @@ impl ScsiTarget {
 
     /// The LU's size changed: every nexus sees CAPACITY DATA HAS CHANGED.
     pub fn capacity_changed(&self, lun: u64) {
-        if let Some(lu) = self.lus.get(&lun) {
+        if let Some(lu) = self.lu(lun) {
             lu.ua
                 .lock()
                 .push_where(UaKind::CapacityDataChanged, |_| true);
@@ -242,7 +280,8 @@ impl ScsiTarget {
     }
 
     async fn run(&self, nexus: &ItNexus, req: &ScsiRequest) -> CmdResult {
-        let lu = self.lus.get(&req.lun);
+        let lu = self.lu(req.lun);
+        let lu = lu.as_deref();
         let spec = match table::lookup(&req.cdb) {
             Ok(spec) => spec,
             Err(_) if lu.is_none() => return Err(SenseReason::LuNotSupported),

@@ -123,8 +123,10 @@ impl ClusterConfig {
 
 /// What the gateway serves from the catalogue.
 struct Served {
-    /// LUN id → its volume.
+    ctx: Ctx,
+    /// LUN id → its volume (one per LUN, shared by every mapping).
     volumes: HashMap<u64, Arc<Volume>>,
+    targets: HashMap<String, ServedTarget>,
 }
 
 /// Connects to the cluster and builds the gateway from its catalogue.
@@ -197,94 +199,197 @@ pub async fn start(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut served = Served {
-        volumes: HashMap::new(),
-    };
-    let mut targets = Vec::new();
-    for t in &summary.targets {
-        let mut lus = Vec::new();
-        for (n, id) in &t.luns {
-            let Some(lun) = summary.luns.iter().find(|l| l.id == *id) else {
-                continue;
-            };
-            let vol = Arc::new(
-                Volume::new(
-                    lun.clone(),
-                    meta.clone(),
-                    client.clone(),
-                    view.clone(),
-                    VolumeConfig::default(),
-                )
-                .with_context(|| format!("LUN {}", lun.name))?,
-            );
-            served.volumes.insert(lun.id, vol.clone());
-            lus.push(LuConfig {
-                lun: u64::from(*n),
-                device: Arc::new(ClusterDevice::new(vol)),
-                serial: lun.serial.clone(),
-                naa: lun.naa,
-                vendor: "WEFT".into(),
-                product: "weft-lun".into(),
-                revision: "0001".into(),
-            });
-        }
-        let chap = match &t.chap {
-            Some(c) => ChapConfig {
-                initiator: Some(ChapCredentials {
-                    user: c.user.clone(),
-                    secret: c.secret.clone(),
-                }),
-                target: c.mutual.as_ref().map(|(u, s)| ChapCredentials {
-                    user: u.clone(),
-                    secret: s.clone(),
-                }),
-            },
-            None => ChapConfig::default(),
-        };
-        targets.push(Target {
-            auth: TargetAuth {
-                name: t.iqn.clone(),
-                alias: None,
-                chap,
-                allowed_initiators: t.acl.clone(),
-            },
-            scsi: Arc::new(ScsiTarget::new(ScsiTargetConfig::standalone(
-                t.iqn.clone(),
-                lus,
-            ))),
-        });
-    }
-    if targets.is_empty() {
-        warn!("the catalogue has no targets yet (weft target create …); serving none");
-    }
     let gateway = Gateway::new(
-        targets,
+        Vec::new(),
         cfg.portals.clone(),
         cfg.tpgt,
         ChapConfig::default(),
     );
-    let follow = tokio::spawn(follow(
-        meta.clone(),
-        gateway.clone(),
-        served,
-        summary,
-        server,
-        gossip,
-    ));
+    let mut served = Served {
+        ctx: Ctx {
+            meta: meta.clone(),
+            client,
+            view,
+        },
+        volumes: HashMap::new(),
+        targets: HashMap::new(),
+    };
+    served.sync(&gateway, &summary);
+    if summary.targets.is_empty() {
+        warn!(
+            "the catalogue has no targets yet (weft target create …): they appear as they are made"
+        );
+    }
+    let follow = tokio::spawn(follow(gateway.clone(), served, summary, server, gossip));
     Ok((gateway, vec![follow]))
 }
 
-/// Follows the catalogue: a LUN that grows raises CAPACITY DATA HAS
-/// CHANGED on every target mapping it. Keeps the fabric server and gossip
-/// alive for as long as it runs.
-async fn follow(
+/// What a volume needs besides its LUN record.
+struct Ctx {
     meta: Arc<MetaClient>,
+    client: Client,
+    view: tokio::sync::watch::Receiver<Arc<fabric::gossip::View>>,
+}
+
+/// A target as served: the catalogue record it was built from.
+struct ServedTarget {
+    record: fabric::metadata::Target,
+}
+
+impl Served {
+    fn volume(&mut self, lun: &fabric::metadata::Lun) -> Option<Arc<Volume>> {
+        if let Some(v) = self.volumes.get(&lun.id) {
+            return Some(v.clone());
+        }
+        match Volume::new(
+            lun.clone(),
+            self.ctx.meta.clone(),
+            self.ctx.client.clone(),
+            self.ctx.view.clone(),
+            VolumeConfig::default(),
+        ) {
+            Ok(v) => {
+                let v = Arc::new(v);
+                self.volumes.insert(lun.id, v.clone());
+                Some(v)
+            }
+            Err(e) => {
+                warn!(lun = %lun.name, %e, "LUN not served");
+                None
+            }
+        }
+    }
+
+    fn lu(&mut self, n: u16, lun: &fabric::metadata::Lun) -> Option<LuConfig> {
+        let vol = self.volume(lun)?;
+        Some(LuConfig {
+            lun: u64::from(n),
+            device: Arc::new(ClusterDevice::new(vol)),
+            serial: lun.serial.clone(),
+            naa: lun.naa,
+            vendor: "WEFT".into(),
+            product: "weft-lun".into(),
+            revision: "0001".into(),
+        })
+    }
+
+    /// Makes the gateway serve what `summary` says: new targets and LUNs
+    /// appear, removed ones go, ACL and CHAP changes apply to new logins,
+    /// and a LUN that grew raises CAPACITY DATA HAS CHANGED.
+    fn sync(&mut self, gateway: &Arc<Gateway>, summary: &Summary) {
+        let luns: HashMap<u64, &fabric::metadata::Lun> =
+            summary.luns.iter().map(|l| (l.id, l)).collect();
+        for lun in &summary.luns {
+            if let Some(vol) = self.volumes.get(&lun.id) {
+                if vol.size_bytes() != lun.size_bytes {
+                    info!(lun = %lun.name, old = vol.size_bytes(), new = lun.size_bytes, "LUN resized");
+                    vol.update(lun.clone());
+                    for t in &summary.targets {
+                        for (n, id) in &t.luns {
+                            if *id == lun.id {
+                                if let Some(gt) = gateway.target(&t.iqn) {
+                                    gt.scsi.capacity_changed(u64::from(*n));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for t in &summary.targets {
+            let old = self.targets.get(&t.iqn).map(|s| s.record.clone());
+            match (old, gateway.target(&t.iqn)) {
+                (Some(old), Some(gt)) => {
+                    for (n, id) in &t.luns {
+                        if old.luns.get(n) != Some(id) {
+                            if let Some(lu) = luns.get(id).and_then(|l| self.lu(*n, l)) {
+                                info!(target = %t.iqn, lun = n, "LUN mapped");
+                                gt.scsi.add_lu(lu);
+                            }
+                        }
+                    }
+                    for n in old.luns.keys() {
+                        if !t.luns.contains_key(n) {
+                            info!(target = %t.iqn, lun = n, "LUN unmapped");
+                            gt.scsi.remove_lu(u64::from(*n));
+                        }
+                    }
+                    if old.acl != t.acl || old.chap != t.chap {
+                        info!(target = %t.iqn, "login settings changed (new logins)");
+                        gateway.add_target(Target {
+                            auth: auth(t),
+                            scsi: gt.scsi.clone(),
+                        });
+                    }
+                }
+                _ => {
+                    let mut lus = Vec::new();
+                    for (n, id) in &t.luns {
+                        if let Some(lu) = luns.get(id).and_then(|l| self.lu(*n, l)) {
+                            lus.push(lu);
+                        }
+                    }
+                    info!(target = %t.iqn, luns = lus.len(), "serving target");
+                    gateway.add_target(Target {
+                        auth: auth(t),
+                        scsi: Arc::new(ScsiTarget::new(ScsiTargetConfig::standalone(
+                            t.iqn.clone(),
+                            lus,
+                        ))),
+                    });
+                }
+            }
+            self.targets
+                .insert(t.iqn.clone(), ServedTarget { record: t.clone() });
+        }
+        let gone: Vec<String> = self
+            .targets
+            .keys()
+            .filter(|k| !summary.targets.iter().any(|t| t.iqn == **k))
+            .cloned()
+            .collect();
+        for iqn in gone {
+            info!(target = %iqn, "target removed");
+            gateway.remove_target(&iqn);
+            self.targets.remove(&iqn);
+        }
+        self.volumes.retain(|id, _| luns.contains_key(id));
+    }
+}
+
+fn auth(t: &fabric::metadata::Target) -> TargetAuth {
+    let chap = match &t.chap {
+        Some(c) => ChapConfig {
+            initiator: Some(ChapCredentials {
+                user: c.user.clone(),
+                secret: c.secret.clone(),
+            }),
+            target: c.mutual.as_ref().map(|(u, s)| ChapCredentials {
+                user: u.clone(),
+                secret: s.clone(),
+            }),
+        },
+        None => ChapConfig::default(),
+    };
+    TargetAuth {
+        name: t.iqn.clone(),
+        alias: None,
+        chap,
+        allowed_initiators: t.acl.clone(),
+    }
+}
+
+/// Follows the catalogue: every change to LUNs or targets is applied to
+/// the running gateway. Keeps the fabric server and gossip alive for as
+/// long as it runs.
+async fn follow(
     gateway: Arc<Gateway>,
-    served: Served,
-    mut summary: Summary,
+    mut served: Served,
+    summary: Summary,
     _server: Server,
     _gossip: Arc<Gossip>,
 ) {
+    let meta = served.ctx.meta.clone();
     let mut after = summary.revision;
     loop {
         let reply = meta
@@ -312,38 +417,10 @@ async fn follow(
         if !changed {
             continue;
         }
-        let fresh = match meta.read(ReadRequest::Summary).await {
-            Ok(ReadReply::Summary(s)) => *s,
-            _ => continue,
-        };
-        for lun in &fresh.luns {
-            let Some(vol) = served.volumes.get(&lun.id) else {
-                continue;
-            };
-            let old = vol.size_bytes();
-            if lun.size_bytes != old {
-                info!(lun = %lun.name, old, new = lun.size_bytes, "LUN resized");
-                vol.update(lun.clone());
-                for t in gateway.targets() {
-                    if let Some(ct) = fresh.targets.iter().find(|x| x.iqn == t.auth.name) {
-                        for (n, id) in &ct.luns {
-                            if *id == lun.id {
-                                t.scsi.capacity_changed(u64::from(*n));
-                            }
-                        }
-                    }
-                }
-            }
+        match meta.read(ReadRequest::Summary).await {
+            Ok(ReadReply::Summary(s)) => served.sync(&gateway, &s),
+            Ok(_) => {}
+            Err(e) => warn!(%e, "reading the catalogue"),
         }
-        let new_targets = fresh.targets.len() != summary.targets.len()
-            || fresh
-                .targets
-                .iter()
-                .zip(&summary.targets)
-                .any(|(a, b)| a.iqn != b.iqn || a.luns != b.luns);
-        if new_targets {
-            warn!("targets or LUN maps changed: restart this gateway to serve them");
-        }
-        summary = fresh;
     }
 }
