@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Throughput of weft-gateway (RAM LUN) against tgt (file LUN on tmpfs), same
-# machine, same client, same run. Not a test: it prints a table and exits 0
-# unless something could not run. Method and results: docs/benchmarks.md.
+# Throughput of tgt (file LUN on tmpfs), weft-gateway on a RAM LUN, and
+# weft-gateway on a whole cluster (`weft up`: 4 chunkservers, a 3+1 LUN, data
+# on tmpfs), same machine, same client, same run. Not a test: it prints a
+# table and exits 0 unless something could not run. Method and results:
+# docs/benchmarks.md.
 #
-#   benches/bench.sh [--targets tgt,weft] [--runtime SECS] [--size 1G]
+#   benches/bench.sh [--targets tgt,weft,cluster] [--runtime SECS] [--size 1G]
 #
 # Client: fio 3.33's nbd engine -> qemu-storage-daemon (NBD server on a Unix
 # socket) -> QEMU's iscsi driver (libiscsi) -> the target on 127.0.0.1.
@@ -22,7 +24,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../tests/conformance/targets.sh
 . "$here/../tests/conformance/targets.sh"
 
-targets=tgt,weft runtime=20 size=1G
+targets=tgt,weft,cluster runtime=20 size=1G
 while [ $# -gt 0 ]; do
 	case $1 in
 	--targets) targets=$2; shift 2 ;;
@@ -41,8 +43,18 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/weft-bench.XXXXXX")
 iqn=iqn.2026-11.org.weft:bench
 qsd_pid=
 
+up_pid= up_dir=
+cluster_stop() {
+	if [ -n "$up_pid" ]; then
+		kill -INT "$up_pid" 2>/dev/null || true
+		wait "$up_pid" 2>/dev/null || true
+		up_pid=
+	fi
+	if [ -n "$up_dir" ]; then rm -rf "$up_dir"; up_dir=; fi
+}
 cleanup() {
 	if [ -n "$qsd_pid" ]; then stop_pid "$qsd_pid" qemu-storage-daemon || true; qsd_pid=; fi
+	cluster_stop
 	weft_stop >/dev/null 2>&1 || true
 	tgt_stop
 }
@@ -122,6 +134,22 @@ for cur in ${targets//,/ }; do
 		bench_target "$WEFT_PORT" 0 "$iqn" || msg "weft benchmark incomplete (log: $work/weft-gateway.log)"
 		weft_stop || true
 		;;
+	cluster)
+		# The cluster's data on tmpfs, like tgt's file.
+		up_dir=$(mktemp -d /dev/shm/weft-bench-cluster.XXXXXX)
+		port=$(free_port)
+		"$WEFT_ROOT/target/release/weft" up --dir "$up_dir" --port "$port" --size "$size" >"$work/weft-up.log" 2>&1 &
+		up_pid=$!
+		for _ in $(seq 1 600); do [ -s "$up_dir/ready.json" ] && break; kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
+		if [ ! -s "$up_dir/ready.json" ]; then
+			msg "weft up did not get ready; skipping the cluster (log: $work/weft-up.log)"
+			tail -n 20 "$work/weft-up.log" >&2
+			cluster_stop
+			continue
+		fi
+		bench_target "$port" 0 iqn.2026-11.org.weft:demo || msg "cluster benchmark incomplete (log: $work/weft-up.log, $up_dir)"
+		cluster_stop
+		;;
 	tgt)
 		tgt_start "$work/tgt" "$size" "$bs" || { msg "tgt did not start; skipping it"; continue; }
 		bench_target "$TGT_PORT" "$TGT_LUN" "$TGT_IQN" || msg "tgt benchmark incomplete"
@@ -136,13 +164,15 @@ ratio() {
 	awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
 }
 echo
-echo "weft-gateway (RAM LUN) vs tgt $(dpkg-query -W -f='${Version}' tgt 2>/dev/null) (tmpfs file LUN), $size LUN, ${bs}-byte blocks, ${runtime}s per row, $(nproc) CPUs, $(date -u +%Y-%m-%d)"
+echo "tgt $(dpkg-query -W -f='${Version}' tgt 2>/dev/null) (tmpfs file LUN) vs weft-gateway (RAM LUN) vs weft cluster (weft up: 4 chunkservers, 3+1, tmpfs), $size LUN, ${bs}-byte blocks, ${runtime}s per row, $(nproc) CPUs, $(date -u +%Y-%m-%d)"
 echo "client: fio nbd -> qemu-storage-daemon -> libiscsi; 'perf-' rows: libiscsi iscsi-perf directly (MB/s there are MiB/s)"
-printf '%-26s %12s %10s %12s %10s %10s\n' test "tgt IOPS" "tgt MB/s" "weft IOPS" "weft MB/s" "weft/tgt"
+printf '%-24s %10s %8s %10s %8s %10s %8s %9s %9s\n' test "tgt IOPS" "tgt MB/s" "weft IOPS" "weft MB/s" "clu IOPS" "clu MB/s" "weft/tgt" "clu/tgt"
 for name in 4k-randread-qd32 4k-randwrite-qd32 1m-seqread-qd8 1m-seqwrite-qd8 perf-4k-randread-qd32 perf-1m-seqread-qd8; do
-	printf '%-26s %12s %10s %12s %10s %10s\n' "$name" \
+	printf '%-24s %10s %8s %10s %8s %10s %8s %9s %9s\n' "$name" \
 		"$(val "${iops[tgt.$name]:-}")" "$(val "${mbps[tgt.$name]:-}")" \
 		"$(val "${iops[weft.$name]:-}")" "$(val "${mbps[weft.$name]:-}")" \
-		"$(ratio "${iops[weft.$name]:-}" "${iops[tgt.$name]:-}")"
+		"$(val "${iops[cluster.$name]:-}")" "$(val "${mbps[cluster.$name]:-}")" \
+		"$(ratio "${iops[weft.$name]:-}" "${iops[tgt.$name]:-}")" \
+		"$(ratio "${iops[cluster.$name]:-}" "${iops[tgt.$name]:-}")"
 done
 echo "(logs: $work)"
