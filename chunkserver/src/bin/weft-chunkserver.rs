@@ -143,6 +143,8 @@ async fn run(args: Args) -> Result<()> {
     service
         .register(&mut router)
         .context("registering the chunk service")?;
+    // The router holds its own handles; the store must be ours alone at exit.
+    drop(service);
     let gossip = if cfg.gossip {
         let g = Gossip::new(
             DriverConfig::new(cfg.node_id.clone(), cfg.seeds.clone()),

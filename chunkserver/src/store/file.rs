@@ -15,7 +15,9 @@
 //! between the two leaves old data that still verifies, and any torn mix
 //! matches neither (see docs/chunk-store.md, crash safety).
 //!
-//! All functions here block; callers run them in `spawn_blocking`.
+//! All functions here block; the store calls them from its synchronous
+//! core (on the caller's thread, or a blocking-pool thread for the async
+//! API).
 
 use std::fs::File;
 use std::io;
@@ -30,12 +32,16 @@ pub const CRC_TABLE_ALIGN_BYTES: u64 = 1 << 20;
 /// Bytes per checksum-table entry (prev + cur).
 pub const CRC_ENTRY_BYTES: u64 = 8;
 
+/// Entries of a request up to this many blocks (1 MiB) are handled on the
+/// stack: no allocation per request.
+pub const ENTRIES_ON_STACK: usize = 256;
+
 static ZERO_BLOCK_CRC: LazyLock<u32> =
-    LazyLock::new(|| crc32c::crc32c(&[0u8; BLOCK_BYTES as usize]));
+    LazyLock::new(|| super::crc::crc32c(&[0u8; BLOCK_BYTES as usize]));
 
 /// Stored form of a block's checksum (0 for a zero block).
 pub fn block_sum(block: &[u8]) -> u32 {
-    crc32c::crc32c(block) ^ *ZERO_BLOCK_CRC
+    super::crc::crc32c(block) ^ *ZERO_BLOCK_CRC
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,6 +64,139 @@ pub fn file_len(size_bytes: u64) -> u64 {
     table_offset(size_bytes) + size_bytes / BLOCK_BYTES * CRC_ENTRY_BYTES
 }
 
+/// The checksum entries of one request's blocks, in their on-disk form,
+/// read and written with one system call each.
+pub struct Entries {
+    stack: [u8; ENTRIES_ON_STACK * CRC_ENTRY_BYTES as usize],
+    heap: Vec<u8>,
+    n: usize,
+}
+
+impl Entries {
+    /// Entries `[first, first + n)` of the chunk file's table.
+    pub fn read(f: &File, size_bytes: u64, first: u64, n: u64) -> io::Result<Entries> {
+        let n = usize::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut e = Entries {
+            stack: [0; ENTRIES_ON_STACK * CRC_ENTRY_BYTES as usize],
+            heap: Vec::new(),
+            n,
+        };
+        if n > ENTRIES_ON_STACK {
+            e.heap = vec![0; n * CRC_ENTRY_BYTES as usize];
+        }
+        f.read_exact_at(
+            e.bytes_mut(),
+            table_offset(size_bytes) + first * CRC_ENTRY_BYTES,
+        )?;
+        Ok(e)
+    }
+
+    /// Write them back at `[first, first + n)`.
+    pub fn write(&self, f: &File, size_bytes: u64, first: u64) -> io::Result<()> {
+        f.write_all_at(
+            self.bytes(),
+            table_offset(size_bytes) + first * CRC_ENTRY_BYTES,
+        )
+    }
+
+    fn bytes(&self) -> &[u8] {
+        let len = self.n * CRC_ENTRY_BYTES as usize;
+        if self.n > ENTRIES_ON_STACK {
+            &self.heap[..len]
+        } else {
+            &self.stack[..len]
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.n * CRC_ENTRY_BYTES as usize;
+        if self.n > ENTRIES_ON_STACK {
+            &mut self.heap[..len]
+        } else {
+            &mut self.stack[..len]
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn get(&self, i: usize) -> Entry {
+        let at = i * CRC_ENTRY_BYTES as usize;
+        let e: &[u8; 8] = self.bytes()[at..at + 8].try_into().expect("8 bytes");
+        Entry {
+            prev: u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+            cur: u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+        }
+    }
+
+    pub fn set(&mut self, i: usize, e: Entry) {
+        let at = i * CRC_ENTRY_BYTES as usize;
+        let slot = &mut self.bytes_mut()[at..at + 8];
+        slot[..4].copy_from_slice(&e.prev.to_le_bytes());
+        slot[4..].copy_from_slice(&e.cur.to_le_bytes());
+    }
+}
+
+/// Sums of `data`'s blocks checked against `entries`: indexes (relative to
+/// the range) of the blocks that fail. Allocates only if some fail.
+pub fn verify_entries(data: &[u8], entries: &Entries) -> Vec<u64> {
+    assert_eq!(data.len() as u64, entries.len() as u64 * BLOCK_BYTES);
+    data.chunks_exact(BLOCK_BYTES as usize)
+        .enumerate()
+        .filter(|(i, b)| !entries.get(*i).accepts(block_sum(b)))
+        .map(|(i, _)| i as u64)
+        .collect()
+}
+
+/// Replace `v`'s contents with the `len` bytes at `offset`, without
+/// zeroing the memory first (for buffers handed out, not reused).
+pub fn read_to_vec(f: &File, v: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+    v.clear();
+    v.reserve_exact(len);
+    let spare = &mut v.spare_capacity_mut()[..len];
+    let mut done = 0;
+    while done < len {
+        let rest = &mut spare[done..];
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `rest` is writable memory owned by `v`, `rest.len()` bytes
+        // long; pread only writes into it, on a valid open descriptor.
+        let r = unsafe { libc::pread(f.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at) };
+        match r {
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            r => done += r as usize,
+        }
+    }
+    // SAFETY: the loop above initialized the first `len` bytes.
+    unsafe { v.set_len(len) };
+    Ok(())
+}
+
+/// `dst ^= src`, byte for byte.
+pub fn xor_into(dst: &mut [u8], src: &[u8]) {
+    assert_eq!(dst.len(), src.len());
+    const LANE: usize = 64;
+    let mut d = dst.chunks_exact_mut(LANE);
+    let mut s = src.chunks_exact(LANE);
+    for (d, s) in (&mut d).zip(&mut s) {
+        for (d, s) in d.iter_mut().zip(s) {
+            *d ^= *s;
+        }
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d ^= *s;
+    }
+}
+
+/// The entries as a vector (tests edit files with it).
+#[cfg(test)]
 pub fn read_entries(f: &File, size_bytes: u64, first: u64, n: u64) -> io::Result<Vec<Entry>> {
     let mut buf = vec![0u8; (n * CRC_ENTRY_BYTES) as usize];
     f.read_exact_at(&mut buf, table_offset(size_bytes) + first * CRC_ENTRY_BYTES)?;
@@ -77,22 +216,6 @@ pub fn write_entries(f: &File, size_bytes: u64, first: u64, entries: &[Entry]) -
         buf.extend_from_slice(&e.cur.to_le_bytes());
     }
     f.write_all_at(&buf, table_offset(size_bytes) + first * CRC_ENTRY_BYTES)
-}
-
-pub fn read_data(f: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, offset)?;
-    Ok(buf)
-}
-
-/// Indexes (relative to the range) of blocks that fail verification.
-pub fn verify(data: &[u8], entries: &[Entry]) -> Vec<u64> {
-    data.chunks_exact(BLOCK_BYTES as usize)
-        .zip(entries)
-        .enumerate()
-        .filter(|(_, (b, e))| !e.accepts(block_sum(b)))
-        .map(|(i, _)| i as u64)
-        .collect()
 }
 
 /// Deallocate `[offset, offset + len)`; it reads back as zeroes.

@@ -3,10 +3,16 @@
 //!
 //! Layout, crash-safety argument and numbers: `docs/chunk-store.md`.
 //!
+//! The data path is synchronous underneath: `read_blocking`,
+//! `write_blocking`, `overwrite_blocking`, ... run on the caller's thread
+//! with the caller's buffers; the async methods run the same core once on
+//! tokio's blocking pool.
+//!
 //! Invariant: no byte of a block is returned unless the block verifies
 //! against its checksum entry and is not marked bad. Boundary: this module
 //! knows chunks and epochs, not extents' placement, parity or the network.
 
+mod crc;
 mod file;
 mod index;
 #[cfg(test)]
@@ -297,6 +303,14 @@ enum Mutation {
     Overwrite,
 }
 
+/// Where a Write mutation reads the old data, which becomes the delta.
+enum OldData<'a> {
+    /// The caller's buffer, exactly as long as the data.
+    Caller(&'a mut [u8]),
+    /// A vector filled without zeroing first (the async API hands it out).
+    Owned(&'a mut Vec<u8>),
+}
+
 /// Group commit: mutations register their chunk here after their pwrite; a
 /// syncer takes everything registered so far, fdatasyncs it once, and
 /// publishes the sequence number it covered.
@@ -304,7 +318,9 @@ struct SyncState {
     /// (last sequence number handed out, chunks written since last sync)
     dirty: Mutex<(u64, HashMap<ChunkId, Arc<Chunk>>)>,
     synced: AtomicU64,
-    leader: tokio::sync::Mutex<()>,
+    /// Held by the caller running the fdatasyncs (a blocking lock: the
+    /// data path is synchronous, see `mutate`).
+    leader: Mutex<()>,
 }
 
 struct Inner {
@@ -418,7 +434,7 @@ impl ChunkStore {
                 sync: SyncState {
                     dirty: Mutex::new((0, HashMap::new())),
                     synced: AtomicU64::new(0),
-                    leader: tokio::sync::Mutex::new(()),
+                    leader: Mutex::new(()),
                 },
                 versions_dirty: Mutex::new(BTreeSet::new()),
                 admin: Mutex::new(()),
@@ -439,12 +455,7 @@ impl ChunkStore {
     }
 
     fn get(&self, id: ChunkId) -> Result<Arc<Chunk>, StoreError> {
-        self.inner
-            .chunks
-            .read()
-            .get(&id)
-            .cloned()
-            .ok_or(StoreError::NotFound(id))
+        self.inner.get(id)
     }
 
     fn check_size(&self, size_bytes: u64) -> Result<(), StoreError> {
@@ -533,6 +544,10 @@ impl ChunkStore {
         res
     }
 
+    // The data path. Each operation has a synchronous core (`*_blocking`,
+    // for callers on their own threads: no hop, no allocation per request)
+    // and an async form that runs the same core on tokio's blocking pool.
+
     /// Write `data` at `offset`; returns `old ⊕ new` of the range (the
     /// parity delta). Every old block must verify (else `Checksum`, nothing
     /// written). A newer epoch is accepted and raised durably.
@@ -544,10 +559,36 @@ impl ChunkStore {
         epoch: u64,
         d: Durability,
     ) -> Result<Bytes, StoreError> {
-        let delta = self
-            .mutate(id, offset, data, epoch, d, Mutation::Write)
-            .await?;
-        Ok(delta)
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut delta = Vec::new();
+            let out = OldData::Owned(&mut delta);
+            inner.mutate(id, offset, &data, Some(out), epoch, d, Mutation::Write)?;
+            Ok(Bytes::from(delta))
+        })
+        .await
+    }
+
+    /// `write` on the calling thread: the delta goes to `delta` (as long as
+    /// `data`). On error `delta` is zeroed: it never holds unverified bytes.
+    pub fn write_blocking(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+        delta: &mut [u8],
+        epoch: u64,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        assert_eq!(data.len(), delta.len(), "delta buffer must match data");
+        let out = OldData::Caller(&mut *delta);
+        let res = self
+            .inner
+            .mutate(id, offset, data, Some(out), epoch, d, Mutation::Write);
+        if res.is_err() {
+            delta.fill(0);
+        }
+        res
     }
 
     /// XOR `delta` into the range (parity update). Old blocks must verify.
@@ -559,14 +600,27 @@ impl ChunkStore {
         epoch: u64,
         d: Durability,
     ) -> Result<(), StoreError> {
-        self.mutate(id, offset, delta, epoch, d, Mutation::Xor)
-            .await?;
-        Ok(())
+        let inner = self.inner.clone();
+        blocking(move || inner.mutate(id, offset, &delta, None, epoch, d, Mutation::Xor)).await
+    }
+
+    /// `apply_delta` on the calling thread.
+    pub fn apply_delta_blocking(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        delta: &[u8],
+        epoch: u64,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .mutate(id, offset, delta, None, epoch, d, Mutation::Xor)
     }
 
     /// Write `data` at `offset` without reading or verifying the old
-    /// contents; clears the range's bad marks. For repair and journal
-    /// replay, where the old contents may be torn or unknown.
+    /// contents; clears the range's bad marks. For writers that do not need
+    /// the delta: full-row writes, repair and journal replay (where the old
+    /// contents may be torn or unknown).
     pub async fn overwrite(
         &self,
         id: ChunkId,
@@ -575,111 +629,21 @@ impl ChunkStore {
         epoch: u64,
         d: Durability,
     ) -> Result<(), StoreError> {
-        self.mutate(id, offset, data, epoch, d, Mutation::Overwrite)
-            .await?;
-        Ok(())
+        let inner = self.inner.clone();
+        blocking(move || inner.mutate(id, offset, &data, None, epoch, d, Mutation::Overwrite)).await
     }
 
-    async fn mutate(
+    /// `overwrite` on the calling thread.
+    pub fn overwrite_blocking(
         &self,
         id: ChunkId,
         offset: u64,
-        data: Bytes,
+        data: &[u8],
         epoch: u64,
         d: Durability,
-        m: Mutation,
-    ) -> Result<Bytes, StoreError> {
-        let chunk = self.get(id)?;
-        chunk.check_range(offset, data.len() as u64)?;
-        if data.is_empty() {
-            self.admit_epoch(&chunk, epoch).await?;
-            return Ok(Bytes::new());
-        }
-        let inner = self.inner.clone();
-        let c = chunk.clone();
-        let out = blocking(move || {
-            if c.admit(epoch)? {
-                inner.index.apply(&[(c.id, c.record())], &[])?;
-            }
-            let _io = c.io.write();
-            if c.state.lock().gone {
-                return Err(StoreError::NotFound(c.id));
-            }
-            let first = offset / BLOCK_BYTES;
-            let n = data.len() as u64 / BLOCK_BYTES;
-            let entries = file::read_entries(&c.file, c.size_bytes, first, n)?;
-            // `out`: what the caller gets back (the delta, for Write);
-            // `xored`: the new contents when they are not `data` itself.
-            let (out, xored, prevs) = if m == Mutation::Overwrite {
-                let prevs: Vec<u32> = entries.iter().map(|e| e.cur).collect();
-                (Vec::new(), None, prevs)
-            } else {
-                let mut old = file::read_data(&c.file, offset, data.len() as u64)?;
-                let mut bad: Vec<u64> = file::verify(&old, &entries)
-                    .into_iter()
-                    .map(|b| b + first)
-                    .collect();
-                {
-                    let s = c.state.lock();
-                    bad.extend(s.bad.range(first..first + n).copied());
-                }
-                if !bad.is_empty() {
-                    bad.sort_unstable();
-                    bad.dedup();
-                    inner.note_bad(&c, &bad);
-                    return Err(StoreError::Checksum {
-                        id: c.id,
-                        blocks: bad,
-                    });
-                }
-                let prevs: Vec<u32> = old
-                    .chunks_exact(BLOCK_BYTES as usize)
-                    .map(file::block_sum)
-                    .collect();
-                for (o, x) in old.iter_mut().zip(data.iter()) {
-                    *o ^= *x;
-                }
-                if m == Mutation::Write {
-                    (old, None, prevs)
-                } else {
-                    (Vec::new(), Some(old), prevs)
-                }
-            };
-            let new: &[u8] = xored.as_deref().unwrap_or(&data);
-            let new_entries: Vec<Entry> = new
-                .chunks_exact(BLOCK_BYTES as usize)
-                .zip(prevs)
-                .map(|(b, prev)| Entry {
-                    prev,
-                    cur: file::block_sum(b),
-                })
-                .collect();
-            // Checksums first, then data: a process dying in between leaves
-            // the old data, which still matches `prev`.
-            file::write_entries(&c.file, c.size_bytes, first, &new_entries)?;
-            c.file.write_all_at(new, offset)?;
-            let cleared = {
-                let mut s = c.state.lock();
-                s.version += 1;
-                let before = s.bad.len();
-                if m == Mutation::Overwrite {
-                    for b in first..first + n {
-                        s.bad.remove(&b);
-                    }
-                }
-                before != s.bad.len()
-            };
-            if cleared {
-                inner.index.apply(&[(c.id, c.record())], &[])?;
-            }
-            Ok(out)
-        })
-        .await?;
-        let seq = self.inner.mark_dirty(&chunk);
-        if d == Durability::Stable {
-            self.sync_through(seq).await?;
-        }
-        Ok(Bytes::from(out))
+    ) -> Result<(), StoreError> {
+        self.inner
+            .mutate(id, offset, data, None, epoch, d, Mutation::Overwrite)
     }
 
     /// Read `len` bytes at `offset`. Every block is verified; if any fails
@@ -691,23 +655,35 @@ impl ChunkStore {
         len: u64,
         epoch: u64,
     ) -> Result<Bytes, StoreError> {
-        let chunk = self.get(id)?;
-        chunk.check_range(offset, len)?;
-        {
-            let s = chunk.state.lock();
-            if epoch < s.epoch {
-                return Err(StoreError::StaleEpoch {
-                    id,
-                    have: s.epoch,
-                    got: epoch,
-                });
-            }
-        }
+        // Checked before allocating `len` bytes.
+        let chunk = self.inner.admit_read(id, offset, len, epoch)?;
         if len == 0 {
             return Ok(Bytes::new());
         }
         let inner = self.inner.clone();
         blocking(move || inner.read_verified(&chunk, offset, len).map(Bytes::from)).await
+    }
+
+    /// `read` of `buf.len()` bytes into `buf`, on the calling thread. On
+    /// error `buf` is zeroed: it never holds unverified bytes.
+    pub fn read_blocking(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        buf: &mut [u8],
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        let res = self
+            .inner
+            .admit_read(id, offset, buf.len() as u64, epoch)
+            .and_then(|chunk| match buf.is_empty() {
+                true => Ok(()),
+                false => self.inner.read_verified_into(&chunk, offset, buf),
+            });
+        if res.is_err() {
+            buf.fill(0);
+        }
+        res
     }
 
     /// Deallocate the range; it reads back as zeroes.
@@ -719,111 +695,37 @@ impl ChunkStore {
         epoch: u64,
         d: Durability,
     ) -> Result<(), StoreError> {
-        let chunk = self.get(id)?;
-        chunk.check_range(offset, len)?;
-        if len == 0 {
-            return self.admit_epoch(&chunk, epoch).await;
-        }
         let inner = self.inner.clone();
-        let c = chunk.clone();
-        blocking(move || {
-            if c.admit(epoch)? {
-                inner.index.apply(&[(c.id, c.record())], &[])?;
-            }
-            let _io = c.io.write();
-            if c.state.lock().gone {
-                return Err(StoreError::NotFound(c.id));
-            }
-            let first = offset / BLOCK_BYTES;
-            let n = len / BLOCK_BYTES;
-            let entries = file::read_entries(&c.file, c.size_bytes, first, n)?;
-            let new: Vec<Entry> = entries
-                .iter()
-                .map(|e| Entry {
-                    prev: e.cur,
-                    cur: 0,
-                })
-                .collect();
-            file::write_entries(&c.file, c.size_bytes, first, &new)?;
-            file::punch_hole(&c.file, offset, len)?;
-            let cleared = {
-                let mut s = c.state.lock();
-                s.version += 1;
-                let before = s.bad.len();
-                for b in first..first + n {
-                    s.bad.remove(&b);
-                }
-                before != s.bad.len()
-            };
-            if cleared {
-                inner.index.apply(&[(c.id, c.record())], &[])?;
-            }
-            Ok(())
-        })
-        .await?;
-        let seq = self.inner.mark_dirty(&chunk);
-        if d == Durability::Stable {
-            self.sync_through(seq).await?;
-        }
-        Ok(())
+        blocking(move || inner.punch(id, offset, len, epoch, d)).await
+    }
+
+    /// `punch` on the calling thread.
+    pub fn punch_blocking(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: u64,
+        epoch: u64,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        self.inner.punch(id, offset, len, epoch, d)
     }
 
     /// Make every mutation completed before this call durable (shared
     /// fdatasyncs), and persist chunk versions.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let seq = self.inner.sync.dirty.lock().0;
-        self.sync_through(seq).await?;
         let inner = self.inner.clone();
-        blocking(move || inner.persist_versions()).await
+        blocking(move || inner.flush()).await
     }
 
-    /// Group commit: return once every mutation with sequence ≤ `seq` is on
-    /// stable storage. One caller at a time syncs everything dirty so far;
-    /// the others wait and usually find themselves covered.
-    async fn sync_through(&self, seq: u64) -> Result<(), StoreError> {
-        let sync = &self.inner.sync;
-        if sync.synced.load(Ordering::Acquire) >= seq {
-            return Ok(());
-        }
-        let _leader = sync.leader.lock().await;
-        if sync.synced.load(Ordering::Acquire) >= seq {
-            return Ok(());
-        }
-        let (upto, files) = {
-            let mut g = sync.dirty.lock();
-            (g.0, std::mem::take(&mut g.1))
-        };
-        let inner = self.inner.clone();
-        blocking(move || {
-            let mut failed = None;
-            for c in files.values() {
-                if let Err(e) = c.file.sync_data() {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            if let Some(e) = failed {
-                // Keep them dirty so a later flush retries (and fails loudly).
-                let mut g = inner.sync.dirty.lock();
-                for (id, c) in files {
-                    g.1.entry(id).or_insert(c);
-                }
-                return Err(e.into());
-            }
-            inner.sync.synced.fetch_max(upto, Ordering::AcqRel);
-            Ok(())
-        })
-        .await
+    /// `flush` on the calling thread.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.inner.flush()
     }
 
     /// Raise the chunk's epoch (durable on return). Never lowers it.
     pub async fn set_epoch(&self, id: ChunkId, epoch: u64) -> Result<(), StoreError> {
         let chunk = self.get(id)?;
-        self.admit_epoch(&chunk, epoch).await
-    }
-
-    async fn admit_epoch(&self, chunk: &Arc<Chunk>, epoch: u64) -> Result<(), StoreError> {
-        let chunk = chunk.clone();
         if !chunk.admit(epoch)? {
             return Ok(());
         }
@@ -1079,6 +981,286 @@ impl ChunkStore {
 }
 
 impl Inner {
+    fn get(&self, id: ChunkId) -> Result<Arc<Chunk>, StoreError> {
+        self.chunks
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// Raise a chunk's epoch if `epoch` is newer, durably before returning;
+    /// refuse an older one.
+    fn admit_epoch(&self, c: &Arc<Chunk>, epoch: u64) -> Result<(), StoreError> {
+        if c.admit(epoch)? {
+            self.index.apply(&[(c.id, c.record())], &[])?;
+        }
+        Ok(())
+    }
+
+    /// The chunk, if `[offset, offset + len)` is a valid range of it and
+    /// `epoch` is not stale (reads never raise the epoch).
+    fn admit_read(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: u64,
+        epoch: u64,
+    ) -> Result<Arc<Chunk>, StoreError> {
+        let chunk = self.get(id)?;
+        chunk.check_range(offset, len)?;
+        let have = chunk.state.lock().epoch;
+        if epoch < have {
+            return Err(StoreError::StaleEpoch {
+                id,
+                have,
+                got: epoch,
+            });
+        }
+        Ok(chunk)
+    }
+
+    /// The write path of `write`, `apply_delta` and `overwrite` (see
+    /// docs/chunk-store.md, write protocol): under the chunk's exclusive
+    /// lock, read the entries (and for Write/Xor the old data, which must
+    /// verify), write the new entries, then the data; register for the
+    /// group commit and, for Stable, wait for a sync covering it.
+    /// `delta` (Write only) receives `old ⊕ new` (on error it may hold
+    /// unverified bytes: the public callers zero or drop it).
+    #[allow(clippy::too_many_arguments)]
+    fn mutate(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        data: &[u8],
+        delta: Option<OldData<'_>>,
+        epoch: u64,
+        d: Durability,
+        m: Mutation,
+    ) -> Result<(), StoreError> {
+        assert_eq!(delta.is_some(), m == Mutation::Write);
+        let c = self.get(id)?;
+        c.check_range(offset, data.len() as u64)?;
+        self.admit_epoch(&c, epoch)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut delta = delta;
+        self.mutate_locked(&c, offset, data, delta.as_mut(), m)?;
+        let seq = self.mark_dirty(&c);
+        if d == Durability::Stable {
+            self.sync_through(seq)?;
+        }
+        Ok(())
+    }
+
+    fn mutate_locked(
+        &self,
+        c: &Arc<Chunk>,
+        offset: u64,
+        data: &[u8],
+        delta: Option<&mut OldData<'_>>,
+        m: Mutation,
+    ) -> Result<(), StoreError> {
+        let _io = c.io.write();
+        if c.state.lock().gone {
+            return Err(StoreError::NotFound(c.id));
+        }
+        let first = offset / BLOCK_BYTES;
+        let n = data.len() as u64 / BLOCK_BYTES;
+        let mut entries = file::Entries::read(&c.file, c.size_bytes, first, n)?;
+        // The new contents: `data` itself, or (Xor) old ⊕ data.
+        let mut xored;
+        let new: &[u8] = match m {
+            Mutation::Overwrite => {
+                // The old contents are not read: `prev` is the old `cur`.
+                for i in 0..entries.len() {
+                    let e = entries.get(i);
+                    entries.set(
+                        i,
+                        Entry {
+                            prev: e.cur,
+                            cur: 0,
+                        },
+                    );
+                }
+                data
+            }
+            Mutation::Write | Mutation::Xor => {
+                let old: &mut [u8] = match delta {
+                    Some(OldData::Caller(out)) => {
+                        c.file.read_exact_at(out, offset)?;
+                        out
+                    }
+                    Some(OldData::Owned(v)) => {
+                        file::read_to_vec(&c.file, v, data.len(), offset)?;
+                        v
+                    }
+                    None => {
+                        xored = Vec::new();
+                        file::read_to_vec(&c.file, &mut xored, data.len(), offset)?;
+                        &mut xored
+                    }
+                };
+                // One CRC per old block: it verifies the block and becomes
+                // the new entry's `prev`.
+                let mut bad = Vec::new();
+                for (i, block) in old.chunks_exact(BLOCK_BYTES as usize).enumerate() {
+                    let sum = file::block_sum(block);
+                    if !entries.get(i).accepts(sum) {
+                        bad.push(first + i as u64);
+                    }
+                    entries.set(i, Entry { prev: sum, cur: 0 });
+                }
+                {
+                    let s = c.state.lock();
+                    bad.extend(s.bad.range(first..first + n).copied());
+                }
+                if !bad.is_empty() {
+                    bad.sort_unstable();
+                    bad.dedup();
+                    self.note_bad(c, &bad);
+                    return Err(StoreError::Checksum {
+                        id: c.id,
+                        blocks: bad,
+                    });
+                }
+                file::xor_into(old, data);
+                if m == Mutation::Write {
+                    data
+                } else {
+                    old
+                }
+            }
+        };
+        for (i, block) in new.chunks_exact(BLOCK_BYTES as usize).enumerate() {
+            let prev = entries.get(i).prev;
+            entries.set(
+                i,
+                Entry {
+                    prev,
+                    cur: file::block_sum(block),
+                },
+            );
+        }
+        // Checksums first, then data: a process dying in between leaves
+        // the old data, which still matches `prev`.
+        entries.write(&c.file, c.size_bytes, first)?;
+        c.file.write_all_at(new, offset)?;
+        let cleared = {
+            let mut s = c.state.lock();
+            s.version += 1;
+            let before = s.bad.len();
+            if m == Mutation::Overwrite && before > 0 {
+                let fixed: Vec<u64> = s.bad.range(first..first + n).copied().collect();
+                for b in fixed {
+                    s.bad.remove(&b);
+                }
+            }
+            before != s.bad.len()
+        };
+        if cleared {
+            self.index.apply(&[(c.id, c.record())], &[])?;
+        }
+        Ok(())
+    }
+
+    fn punch(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        len: u64,
+        epoch: u64,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        let c = self.get(id)?;
+        c.check_range(offset, len)?;
+        self.admit_epoch(&c, epoch)?;
+        if len == 0 {
+            return Ok(());
+        }
+        {
+            let _io = c.io.write();
+            if c.state.lock().gone {
+                return Err(StoreError::NotFound(c.id));
+            }
+            let first = offset / BLOCK_BYTES;
+            let n = len / BLOCK_BYTES;
+            let mut entries = file::Entries::read(&c.file, c.size_bytes, first, n)?;
+            for i in 0..entries.len() {
+                let e = entries.get(i);
+                entries.set(
+                    i,
+                    Entry {
+                        prev: e.cur,
+                        cur: 0,
+                    },
+                );
+            }
+            entries.write(&c.file, c.size_bytes, first)?;
+            file::punch_hole(&c.file, offset, len)?;
+            let cleared = {
+                let mut s = c.state.lock();
+                s.version += 1;
+                let before = s.bad.len();
+                for b in first..first + n {
+                    s.bad.remove(&b);
+                }
+                before != s.bad.len()
+            };
+            if cleared {
+                self.index.apply(&[(c.id, c.record())], &[])?;
+            }
+        }
+        let seq = self.mark_dirty(&c);
+        if d == Durability::Stable {
+            self.sync_through(seq)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let seq = self.sync.dirty.lock().0;
+        self.sync_through(seq)?;
+        self.persist_versions()
+    }
+
+    /// Group commit: return once every mutation with sequence ≤ `seq` is on
+    /// stable storage. One caller at a time syncs everything dirty so far;
+    /// the others wait on the leader lock and usually find themselves
+    /// covered when they get it.
+    fn sync_through(&self, seq: u64) -> Result<(), StoreError> {
+        let sync = &self.sync;
+        if sync.synced.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let _leader = sync.leader.lock();
+        if sync.synced.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let (upto, files) = {
+            let mut g = sync.dirty.lock();
+            (g.0, std::mem::take(&mut g.1))
+        };
+        let mut failed = None;
+        for c in files.values() {
+            if let Err(e) = c.file.sync_data() {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            // Keep them dirty so a later flush retries (and fails loudly).
+            let mut g = sync.dirty.lock();
+            for (id, c) in files {
+                g.1.entry(id).or_insert(c);
+            }
+            return Err(e.into());
+        }
+        sync.synced.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Register a completed mutation for the next group commit.
     fn mark_dirty(&self, chunk: &Arc<Chunk>) -> u64 {
         self.versions_dirty.lock().insert(chunk.id);
@@ -1116,28 +1298,46 @@ impl Inner {
         }
     }
 
+    /// A new vector of `len` verified bytes at `offset`.
     fn read_verified(&self, c: &Chunk, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let len = usize::try_from(len).map_err(io_other)?;
+        let mut buf = Vec::new();
         let _io = c.io.read();
-        if c.state.lock().gone {
-            return Err(StoreError::NotFound(c.id));
-        }
+        file::read_to_vec(&c.file, &mut buf, len, offset)?;
+        // On error `buf` is dropped here: its bytes never leave.
+        self.verify_locked(c, offset, &buf)?;
+        Ok(buf)
+    }
+
+    /// Fill `buf` from `offset` and verify every block against its entry
+    /// (and the bad marks). On error `buf` holds unverified bytes: the
+    /// caller zeroes it.
+    fn read_verified_into(&self, c: &Chunk, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        let _io = c.io.read();
+        c.file.read_exact_at(buf, offset)?;
+        self.verify_locked(c, offset, buf)
+    }
+
+    /// Verify `buf`, just read at `offset`, under the chunk's io lock
+    /// (held by the caller, shared or exclusive).
+    fn verify_locked(&self, c: &Chunk, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
         let first = offset / BLOCK_BYTES;
-        let n = len / BLOCK_BYTES;
-        let data = file::read_data(&c.file, offset, len)?;
-        let entries = file::read_entries(&c.file, c.size_bytes, first, n)?;
-        let mut bad: Vec<u64> = file::verify(&data, &entries)
+        let n = buf.len() as u64 / BLOCK_BYTES;
+        let entries = file::Entries::read(&c.file, c.size_bytes, first, n)?;
+        let mut bad: Vec<u64> = file::verify_entries(buf, &entries)
             .into_iter()
             .map(|b| b + first)
             .collect();
-        let known: Vec<u64> = c
-            .state
-            .lock()
-            .bad
-            .range(first..first + n)
-            .copied()
-            .collect();
+        // Under the io lock `gone` cannot change: checked once, after.
+        let known: Vec<u64> = {
+            let s = c.state.lock();
+            if s.gone {
+                return Err(StoreError::NotFound(c.id));
+            }
+            s.bad.range(first..first + n).copied().collect()
+        };
         if bad.is_empty() && known.is_empty() {
-            return Ok(data);
+            return Ok(());
         }
         if !bad.is_empty() {
             self.note_bad(c, &bad);

@@ -284,6 +284,9 @@ struct Harness {
     model: Model,
     capacity: u64,
     reserve: u64,
+    /// Steps run so far: every other data operation goes through the
+    /// synchronous API (`*_blocking`), the others through the async one.
+    steps: u64,
 }
 
 impl Harness {
@@ -302,6 +305,7 @@ impl Harness {
             model,
             capacity,
             reserve,
+            steps: 0,
         }
     }
 
@@ -319,8 +323,15 @@ impl Harness {
     /// checks returned bytes against the model.
     async fn step(&mut self, op: Op) -> String {
         let (want, bytes) = self.model.apply(&op);
+        self.steps += 1;
+        let got_data = if self.steps.is_multiple_of(2) {
+            self.step_blocking(&op)
+        } else {
+            None
+        };
         let s = self.store();
         let (got, data): (Result<(), StoreError>, Option<Bytes>) = match op {
+            _ if got_data.is_some() => got_data.expect("checked"),
             Op::Create { c, size, epoch } => (
                 s.create(
                     id(c),
@@ -410,6 +421,72 @@ impl Harness {
             assert!(want == got.as_ref(), "{op:?}: bytes differ from the model");
         }
         got_s.to_string()
+    }
+
+    /// The data operations through the synchronous API (None: `op` has no
+    /// synchronous form here). Output buffers start as garbage and must
+    /// come back zeroed on error: they never hold unverified bytes.
+    fn step_blocking(&self, op: &Op) -> Option<(Result<(), StoreError>, Option<Bytes>)> {
+        const GARBAGE: u8 = 0xee;
+        let s = self.store();
+        let zeroed = |b: &[u8]| b.iter().all(|x| *x == 0);
+        Some(match *op {
+            Op::Write {
+                c,
+                off,
+                len,
+                seed,
+                epoch,
+                d,
+            } => {
+                let data = pat(seed, len);
+                let mut delta = vec![GARBAGE; len as usize];
+                match s.write_blocking(id(c), off, &data, &mut delta, epoch, d) {
+                    Ok(()) => (Ok(()), Some(Bytes::from(delta))),
+                    Err(e) => {
+                        assert!(zeroed(&delta), "{op:?}: delta not zeroed on {e}");
+                        (Err(e), None)
+                    }
+                }
+            }
+            Op::Overwrite {
+                c,
+                off,
+                len,
+                seed,
+                epoch,
+            } => (
+                s.overwrite_blocking(id(c), off, &pat(seed, len), epoch, Buffered),
+                None,
+            ),
+            Op::Delta {
+                c,
+                off,
+                len,
+                seed,
+                epoch,
+            } => (
+                s.apply_delta_blocking(id(c), off, &pat(seed, len), epoch, Buffered),
+                None,
+            ),
+            // Huge lengths (errors by design) stay on the async path, which
+            // checks the range before allocating.
+            Op::Read { c, off, len, epoch } if len <= 64 * MIB => {
+                let mut buf = vec![GARBAGE; len as usize];
+                match s.read_blocking(id(c), off, &mut buf, epoch) {
+                    Ok(()) => (Ok(()), Some(Bytes::from(buf))),
+                    Err(e) => {
+                        assert!(zeroed(&buf), "{op:?}: buffer not zeroed on {e}");
+                        (Err(e), None)
+                    }
+                }
+            }
+            Op::Punch { c, off, len, epoch } => {
+                (s.punch_blocking(id(c), off, len, epoch, Buffered), None)
+            }
+            Op::Flush => (s.flush_blocking(), None),
+            _ => return None,
+        })
     }
 
     /// Every chunk reads back exactly as the model says, and list() agrees.
@@ -978,6 +1055,61 @@ async fn flipped_bits_fail_reads_and_scrub_finds_exactly_them() {
 
 /// Simulate a crash between the checksum update and the data write, in
 /// both orders, by editing the real file.
+/// The synchronous API on a bad block: no unverified byte reaches the
+/// caller's buffers, nothing is written, overwrite repairs.
+#[tokio::test]
+async fn blocking_api_on_bad_blocks_hands_out_nothing() {
+    let mut h = Harness::new(64 * MIB, 0);
+    h.script(vec![
+        (
+            Op::Create {
+                c: 1,
+                size: MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 0,
+                len: 8 * B,
+                seed: 1,
+                epoch: 1,
+                d: Stable,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    h.store = None;
+    flip_bit(&h.chunk_path(1), 3 * B + 5);
+    h.reopen();
+    let s = h.store();
+    let old = pat(1, 8 * B);
+    let bad = |r: Result<(), StoreError>| match r {
+        Err(StoreError::Checksum { blocks, .. }) => assert_eq!(blocks, vec![3]),
+        other => panic!("expected Checksum, got {other:?}"),
+    };
+    let mut buf = vec![0xeeu8; (4 * B) as usize];
+    bad(s.read_blocking(id(1), 2 * B, &mut buf, 1));
+    assert!(buf.iter().all(|b| *b == 0));
+    let mut delta = vec![0xeeu8; (4 * B) as usize];
+    bad(s.write_blocking(id(1), 2 * B, &pat(7, 4 * B), &mut delta, 1, Stable));
+    assert!(delta.iter().all(|b| *b == 0));
+    bad(s.apply_delta_blocking(id(1), 2 * B, &pat(7, 4 * B), 1, Buffered));
+    // Nothing was written: block 2 still holds the old data.
+    let mut one = vec![0u8; B as usize];
+    s.read_blocking(id(1), 2 * B, &mut one, 1).expect("block 2");
+    assert_eq!(one, old[(2 * B) as usize..(3 * B) as usize]);
+    s.overwrite_blocking(id(1), 3 * B, &pat(9, B), 1, Stable)
+        .expect("repair");
+    s.read_blocking(id(1), 3 * B, &mut one, 1)
+        .expect("repaired");
+    assert_eq!(one, pat(9, B));
+    assert!(s.bad_blocks().is_empty());
+}
+
 #[tokio::test]
 async fn torn_writes_are_detected_never_served() {
     let mut h = Harness::new(64 * MIB, 0);
