@@ -6,16 +6,23 @@
 //!   [`error::CliError`].
 //! - [`error`]: the exit codes (0 done, 1 refused, 2 usage, 3 unreachable).
 //! - [`cmd`]: one module per noun (`cert`, `lun`, `target`, `node`,
-//!   `status`).
+//!   `status`), and `up` (a whole cluster on one machine); `lun
+//!   import|export` live in `cmd::image`.
+//! - [`datapath`]: the CLI as a fabric node (gossip, the volume client)
+//!   for image import/export and `weft up`'s status line.
+//! - [`progress`]: the progress bar of long copies.
 //! - [`render`], [`units`]: output (`-o text|json`, tables) and human
 //!   sizes and durations.
 //!
-//! The CLI knows the cluster only through the metadata API
-//! (`fabric::metadata`): it never talks to the data path.
+//! The CLI knows the cluster through the metadata API
+//! (`fabric::metadata`); only `lun import|export` use the data path
+//! (`fabric::volume`, with the admin certificate).
 
 pub mod cmd;
 pub mod config;
+pub mod datapath;
 pub mod error;
+pub mod progress;
 pub mod render;
 pub mod session;
 pub mod units;
@@ -32,6 +39,7 @@ const ABOUT: &str = "weft: manage a weft storage cluster";
 
 const AFTER_HELP: &str = "\
 Examples:
+  weft up                              a whole cluster on this machine
   weft status
   weft lun create db --size 20G
   weft target create iqn.2026-01.org.example:db
@@ -85,6 +93,8 @@ pub enum Command {
     /// Cluster CA and node certificates (the fabric's mutual TLS).
     #[command(subcommand)]
     Cert(cmd::cert::CertCommand),
+    /// A whole cluster on this machine: chunkservers, gateways, LUN demo.
+    Up(cmd::up::UpArgs),
 }
 
 /// Runs `weft` with `args` (the program name first) and returns the exit
@@ -104,6 +114,7 @@ where
         Command::Target(c) => cmd::target::run(&cli.global, c),
         Command::Node(c) => cmd::node::run(&cli.global, c),
         Command::Cert(c) => cmd::cert::run(c).map_err(CliError::Failed),
+        Command::Up(a) => cmd::up::run(a),
     };
     match result {
         Ok(()) => EXIT_OK,

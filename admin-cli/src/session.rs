@@ -11,7 +11,7 @@ use fabric::metadata::client::MetaClient;
 use fabric::metadata::rpc::{ClusterInfo, ReadReply, ReadRequest, Summary};
 use fabric::metadata::{Command, Extent, Lun, Outcome};
 use fabric::rpc::{Client, RpcConfig};
-use fabric::TlsConfig;
+use fabric::{NodeId, TlsConfig};
 
 use crate::config::{find_config, ClientConfig, TIMEOUT_MS_DEFAULT};
 use crate::error::{CliError, CliResult};
@@ -30,8 +30,20 @@ pub struct Session {
     config_path: PathBuf,
 }
 
-impl Session {
-    pub fn open(global: &GlobalArgs) -> CliResult<Session> {
+/// What every connection to the cluster starts from: the config found and
+/// checked, the admin certificate loaded, the endpoints resolved.
+pub struct Prepared {
+    pub config_path: PathBuf,
+    pub config: ClientConfig,
+    pub timeout: Duration,
+    pub tls: TlsConfig,
+    /// The certificate's node id (gossip speaks as this node).
+    pub node_id: NodeId,
+    pub endpoints: Vec<(NodeId, SocketAddr)>,
+}
+
+impl Prepared {
+    pub fn open(global: &GlobalArgs) -> CliResult<Prepared> {
         let config_path = find_config(global.config.as_deref())?;
         let config = ClientConfig::load(&config_path)?;
         let timeout = global.timeout.unwrap_or(Duration::from_millis(
@@ -45,35 +57,60 @@ impl Session {
                 config.cert_dir.display()
             ))
         })?;
-        let tls = TlsConfig::new(&creds).map_err(|e| {
+        let unusable = |e: String| {
             CliError::Unreachable(format!(
                 "the certificate in {} cannot be used: {e}",
                 config.cert_dir.display()
             ))
-        })?;
+        };
+        let tls = TlsConfig::new(&creds).map_err(|e| unusable(e.to_string()))?;
+        let node_id = creds
+            .identity()
+            .map_err(|e| unusable(e.to_string()))?
+            .node_id;
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for e in &config.endpoints {
             endpoints.push((e.node.clone(), resolve(&e.addr, &config_path)?));
         }
+        Ok(Prepared {
+            config_path,
+            config,
+            timeout,
+            tls,
+            node_id,
+            endpoints,
+        })
+    }
+
+    /// RPC settings for a command: connect within the timeout (at most
+    /// [`CONNECT_TIMEOUT_MS_MAX`] per replica), back off briefly.
+    pub fn rpc_config(&self) -> RpcConfig {
+        let timeout_ms = self.timeout.as_millis() as u64;
+        RpcConfig {
+            connect_timeout_ms: timeout_ms.clamp(1, CONNECT_TIMEOUT_MS_MAX),
+            backoff_max_ms: BACKOFF_MAX_MS,
+            ..RpcConfig::default()
+        }
+    }
+}
+
+impl Session {
+    pub fn open(global: &GlobalArgs) -> CliResult<Session> {
+        let p = Prepared::open(global)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot start a runtime: {e}")))?;
-        let timeout_ms = timeout.as_millis() as u64;
-        let rpc = RpcConfig {
-            connect_timeout_ms: timeout_ms.clamp(1, CONNECT_TIMEOUT_MS_MAX),
-            backoff_max_ms: BACKOFF_MAX_MS,
-            ..RpcConfig::default()
-        };
         // The client spawns its connection tasks: build it on the runtime.
         let client = {
             let _guard = rt.enter();
-            MetaClient::new(Client::new(&tls, rpc), endpoints).with_timeout(timeout)
+            MetaClient::new(Client::new(&p.tls, p.rpc_config()), p.endpoints)
+                .with_timeout(p.timeout)
         };
         Ok(Session {
             rt,
             client,
-            config_path,
+            config_path: p.config_path,
         })
     }
 

@@ -112,17 +112,25 @@ fn issue(role: &str, node_id: &str, ca_dir: &Path, out: Option<&Path>, days: u64
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| ca_dir.join("nodes").join(node_id.as_str()));
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let node = ca.issue(role, &node_id, Validity::days_from(SystemTime::now(), days))?;
-    let creds = NodeCredentials {
-        ca_cert_pem: ca.cert_pem().to_string(),
-        node,
-    };
-    creds.save(&out)?;
+    issue_into(&ca, role, &node_id, &out, days)?;
     println!(
         "issued {role} certificate for {node_id}, valid {days} days, in {}",
         out.display()
     );
+    Ok(())
+}
+
+/// Issues a certificate for `node_id` with `role`, signed by `ca`, and
+/// writes ca.crt, node.crt and node.key (0600) into `out` (created).
+/// `weft cert issue` and `weft up` both make certificates with it.
+pub fn issue_into(ca: &Ca, role: Role, node_id: &NodeId, out: &Path, days: u64) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let node = ca.issue(role, node_id, Validity::days_from(SystemTime::now(), days))?;
+    let creds = NodeCredentials {
+        ca_cert_pem: ca.cert_pem().to_string(),
+        node,
+    };
+    creds.save(out)?;
     Ok(())
 }
 

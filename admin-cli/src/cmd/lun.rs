@@ -1,4 +1,5 @@
-//! `weft lun`: create, list, show, resize, delete.
+//! `weft lun`: create, list, show, resize, delete; import and export
+//! (in `cmd::image`).
 
 use clap::{Args, Subcommand, ValueEnum};
 use fabric::metadata::catalogue::AdminState;
@@ -72,6 +73,25 @@ pub enum LunCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Write a disk image into a LUN (raw; qcow2 and others through qemu-img).
+    ///
+    /// The LUN must exist and be at least as large as the image; bytes
+    /// past the image keep what they held. Zeroes are unmapped, not
+    /// written. A progress bar shows on a terminal (stderr).
+    #[command(after_help = "Examples:\n  \
+        weft lun import debian.qcow2 vm1\n  \
+        weft lun import disk.raw db -o json\n  \
+        xz -dc disk.raw.xz | weft lun import - db")]
+    Import(super::image::ImportArgs),
+    /// Read a LUN into a disk image (raw; qcow2 and others through qemu-img).
+    ///
+    /// Into a file, zeroes become holes. A progress bar shows on a
+    /// terminal (stderr).
+    #[command(after_help = "Examples:\n  \
+        weft lun export db db.raw\n  \
+        weft lun export vm1 vm1.qcow2\n  \
+        weft lun export db - | zstd > db.raw.zst")]
+    Export(super::image::ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -157,6 +177,8 @@ pub fn run(global: &GlobalArgs, cmd: LunCommand) -> CliResult<()> {
         LunCommand::Show { name, extents, out } => show(global, &name, extents, out),
         LunCommand::Resize { name, size, out } => resize(global, &name, size, out),
         LunCommand::Delete { name, yes, out } => delete(global, &name, yes, out),
+        LunCommand::Import(a) => super::image::import(global, a),
+        LunCommand::Export(a) => super::image::export(global, a),
     }
 }
 

@@ -1,10 +1,12 @@
 //! One module per `weft` noun.
 
 pub mod cert;
+pub mod image;
 pub mod lun;
 pub mod node;
 pub mod status;
 pub mod target;
+pub mod up;
 
 use crate::error::{CliError, CliResult};
 pub use crate::render::Output;
