@@ -424,3 +424,17 @@ async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/gateway-cluster.toml");
+        let c = ClusterConfig::load(&path).unwrap();
+        assert_eq!(c.endpoints.len(), 3);
+        assert_eq!(c.tpgt, 1);
+        assert_eq!(c.node_id.as_str(), "gw-1");
+    }
+}
