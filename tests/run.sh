@@ -57,7 +57,7 @@ step clippy 900 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The fuzz crate is its own workspace; check that it still builds against the library.
 step fuzz-check 900 cargo check --manifest-path fuzz/Cargo.toml --locked
 if [ "$built" -eq 1 ]; then
-	step test 900 cargo test --workspace --release --locked
+	step test 1800 cargo test --workspace --release --locked
 else
 	skip test "build failed"
 fi
