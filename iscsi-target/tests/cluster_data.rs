@@ -393,11 +393,31 @@ async fn crash_inside_a_write(point: &str) {
     let back = download(&c, 0, 96 * MIB);
     assert_eq!(first_difference(&data, &back), None, "data differs");
     wait_whole(&c, Duration::from_secs(60)).await;
+    // A restarted primary serves nothing until its journal is replayed;
+    // wait for that before reading chunks behind its back.
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    for i in &crashed {
+        loop {
+            let log = std::fs::read_to_string(&c.nodes[*i].log).unwrap_or_default();
+            if !log.contains("replaying the write journal") || log.contains("journal replayed") {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "journal replay did not finish\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     assert_whole(&c).await;
     let how: Vec<&str> = crashed
         .iter()
         .map(|i| {
-            if c.nodes[*i].log_tail().contains("journal replayed") {
+            if std::fs::read_to_string(&c.nodes[*i].log)
+                .unwrap_or_default()
+                .contains("journal replayed")
+            {
                 "replayed its journal"
             } else {
                 "was taken over"

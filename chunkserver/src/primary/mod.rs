@@ -128,6 +128,10 @@ pub struct Primary {
     inflight: Mutex<BTreeSet<u64>>,
     crash: Option<CrashPoint>,
     journaled: AtomicU64,
+    /// False until the journal left by the last run has been replayed:
+    /// until then some stripes may have parity that disagrees with their
+    /// data, so this node serves no extent.
+    replayed: std::sync::atomic::AtomicBool,
 }
 
 impl Primary {
@@ -154,6 +158,7 @@ impl Primary {
             inflight: Mutex::new(BTreeSet::new()),
             crash,
             journaled: AtomicU64::new(0),
+            replayed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -229,6 +234,9 @@ impl Primary {
     async fn extent(&self, r: &ExtentRef) -> Result<(Extent, Layout), RpcError> {
         if !self.lease.valid(LEASE_MARGIN_MS) {
             return Err(unavailable("this node's lease has lapsed"));
+        }
+        if !self.replayed.load(Ordering::Acquire) {
+            return Err(unavailable("replaying the write journal"));
         }
         let layout = self.layout(r.lun).await?;
         let cached = self.extents.lock().get(&(r.lun, r.extent)).cloned();
@@ -1033,6 +1041,7 @@ impl Primary {
     /// and the chunks are reachable; then trims.
     pub fn spawn_replay(self: &Arc<Self>, records: Vec<Record>) {
         if records.is_empty() {
+            self.replayed.store(true, Ordering::Release);
             return;
         }
         let p = self.clone();
@@ -1058,6 +1067,7 @@ impl Primary {
             if let Err(e) = p.journal.trim(last).await {
                 warn!(%e, "journal trim after replay failed");
             }
+            p.replayed.store(true, Ordering::Release);
             info!("journal replayed: data and parity agree");
         });
     }

@@ -338,10 +338,23 @@ impl Volume {
         let mut unreachable = 0;
         let mut last;
         loop {
-            let e = self
-                .extent(index, allocate, refresh)
-                .await?
-                .ok_or_else(|| VolumeError::Invalid(format!("extent {index} is not allocated")))?;
+            let e = match self.extent(index, allocate, refresh).await {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    return Err(VolumeError::Invalid(format!(
+                        "extent {index} is not allocated"
+                    )))
+                }
+                // A placement can fail while the cluster converges (the
+                // leader's gossip has not yet seen enough nodes alive), and
+                // the metadata can be between leaders: both pass; wait.
+                Err(err @ VolumeError::Meta(_)) if Instant::now() < end => {
+                    debug!(%err, extent = index, "extent not available yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             refresh = true;
             let primary = e.primary_node().cloned();
             let target = primary
