@@ -190,20 +190,26 @@ impl StateMachine {
                 }
             }
         }
+        self.put_state(&mut wtxn, &cat)?;
+        drop(cat);
+        wtxn.commit().map_err(write_err)
+    }
+
+    /// Writes what is not a record — the catalogue's counters and the
+    /// applied log id — into `wtxn`, beside the records it commits.
+    fn put_state(&self, wtxn: &mut heed::RwTxn, cat: &Catalogue) -> Result<(), StorageError> {
         let counters = Counters {
             next_lun_id: cat.next_lun_id,
             revision: cat.revision,
         };
-        drop(cat);
         self.store
             .sm
-            .put(&mut wtxn, KEY_COUNTERS, &enc(&counters)?)
+            .put(wtxn, KEY_COUNTERS, &enc(&counters)?)
             .map_err(write_err)?;
         self.store
             .sm
-            .put(&mut wtxn, KEY_APPLIED, &enc(&self.applied)?)
-            .map_err(write_err)?;
-        wtxn.commit().map_err(write_err)
+            .put(wtxn, KEY_APPLIED, &enc(&self.applied)?)
+            .map_err(write_err)
     }
 }
 
@@ -332,18 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(write_err)?;
             }
         }
-        let counters = Counters {
-            next_lun_id: cat.next_lun_id,
-            revision: cat.revision,
-        };
-        self.store
-            .sm
-            .put(&mut wtxn, KEY_COUNTERS, &enc(&counters)?)
-            .map_err(write_err)?;
-        self.store
-            .sm
-            .put(&mut wtxn, KEY_APPLIED, &enc(&self.applied)?)
-            .map_err(write_err)?;
+        self.put_state(&mut wtxn, &cat)?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,

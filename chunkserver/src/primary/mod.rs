@@ -242,30 +242,7 @@ impl Primary {
         let cached = self.extents.lock().get(&(r.lun, r.extent)).cloned();
         let e = match cached {
             Some(e) if e.epoch >= r.epoch => e,
-            _ => {
-                let e = match self
-                    .meta
-                    .read(
-                        ReadRequest::Extent {
-                            lun: r.lun,
-                            index: r.extent,
-                        },
-                        0,
-                    )
-                    .await
-                {
-                    Ok(ReadReply::Extent(Some(e))) => e,
-                    Ok(_) => {
-                        return Err(app(
-                            extent_error::NOT_ALLOCATED,
-                            format!("extent {}/{} is not allocated", r.lun, r.extent),
-                        ))
-                    }
-                    Err(e) => return Err(unavailable(format!("metadata: {e}"))),
-                };
-                self.extents.lock().insert((r.lun, r.extent), e.clone());
-                e
-            }
+            _ => self.fresh_extent(r.lun, r.extent).await?,
         };
         if r.epoch < e.epoch {
             return Err(app(
