@@ -61,22 +61,27 @@ if [ "$built" -eq 1 ]; then
 else
 	skip test "build failed"
 fi
+# The deterministic simulation: 500 seeds, and one replayed (docs/simulation.md).
+if [ "$built" -eq 1 ]; then step sim 1200 tests/sim/ci.sh 500; else skip sim "build failed"; fi
 if [ "$quick" -eq 1 ]; then
 	skip conformance "--quick"
 	skip conformance-4k "--quick"
 	skip qemu-img "--quick"
 	skip vm-tests "--quick"
+	skip vm-cluster "--quick"
 elif [ "$built" -eq 1 ]; then
 	# run.sh and roundtrip.sh have their own finer timeouts; these are backstops.
 	step conformance 1200 tests/conformance/run.sh --target weft --out "$logdir/conformance"
 	step conformance-4k 1200 tests/conformance/run.sh --target weft --block-size 4096 --out "$logdir/conformance-4k"
 	step qemu-img 900 tests/qemu-img/roundtrip.sh --target weft --out "$logdir/qemu-img"
 	step vm-tests 1500 env WEFT_GATEWAY="$root/target/release/weft-gateway" vm-tests/run.sh --out "$logdir/vm-tests"
+	step vm-cluster 1200 env WEFT="$root/target/release/weft" vm-tests/run.sh --cluster --out "$logdir/vm-cluster"
 else
 	skip conformance "build failed"
 	skip conformance-4k "build failed"
 	skip qemu-img "build failed"
 	skip vm-tests "build failed"
+	skip vm-cluster "build failed"
 fi
 
 status=0

@@ -60,6 +60,7 @@ dd if="$mbr" of="$work/disk.img" bs=440 count=1 conv=notrunc status=none
 le32() { printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $((($1 >> 8) & 255)) $((($1 >> 16) & 255)) $((($1 >> 24) & 255)); }
 # status, CHS first (unused: LBA), type, CHS last (unused), LBA first, count
 entry="\\x80\\xfe\\xff\\xff\\x0e\\xfe\\xff\\xff$(le32 $start)$(le32 $sectors)"
+# shellcheck disable=SC2059 # $entry is the format: its \x escapes are the bytes
 printf "$entry" | dd of="$work/disk.img" bs=1 seek=446 conv=notrunc status=none
 printf '\x55\xaa' | dd of="$work/disk.img" bs=1 seek=510 conv=notrunc status=none
 dd if="$work/part.img" of="$work/disk.img" bs=1M seek=1 conv=notrunc,sparse status=none

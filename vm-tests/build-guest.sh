@@ -95,6 +95,7 @@ fi
 deb_files=()
 for p in "${packages[@]}"; do
 	v=${ver[$p]}
+	# shellcheck disable=SC2012 # .deb names have no odd characters
 	f=$(ls "$debs/${p}_${v//:/%3a}_"*.deb 2>/dev/null | head -n1)
 	[ -n "$f" ] || die "missing $p $v in $debs"
 	deb_files+=("$f")
@@ -163,6 +164,7 @@ visit() {
 	local p=$1 d
 	[ -n "${seen[$p]:-}" ] && return 0
 	seen[$p]=1
+	# shellcheck disable=SC2013 # the dependencies are words on one line
 	for d in $(sed -n "s|^$p: *||p" "$mdir/modules.dep"); do visit "$d"; done
 	order+=("$p")
 }

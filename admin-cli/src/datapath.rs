@@ -1,11 +1,14 @@
-//! The CLI on the data path: a fabric node of its own (role admin) that
-//! gossips, so that it learns the chunkservers' addresses and capacity,
-//! and opens LUNs with the volume client. `weft lun import|export` read and
-//! write LUN bytes through it; `weft up` reads its view for the status
-//! line.
+//! The CLI on the data path: a fabric client of its own (role admin) that
+//! gossips, so that it learns the chunkservers' addresses, capacity and
+//! I/O counters, and opens LUNs with the volume client. `weft lun
+//! import|export` read and write LUN bytes through it; `weft status`,
+//! `weft top` and `weft up`'s status line read its view.
 //!
-//! Gossip answers peers' exchanges, so the node listens on the fabric
-//! (127.0.0.1, a free port), as a gateway does.
+//! It gossips as an observer (`fabric::gossip::Config::observer`): it opens
+//! every exchange itself and leaves itself out of what it sends, so peers
+//! never add it to their views. A CLI that exits leaves nothing behind (a
+//! member would stay in every view as a dead node for an hour), and it
+//! needs no listener.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,13 +19,11 @@ use fabric::gossip::{DriverConfig, Gossip, Seed, View};
 use fabric::identity::Role;
 use fabric::metadata::client::MetaClient;
 use fabric::metadata::Lun;
-use fabric::rpc::{Client, NodeAddrs, Router, RpcConfig, Server};
+use fabric::rpc::{Client, RpcConfig};
 use fabric::volume::{Volume, VolumeConfig, VolumeError};
 use fabric::{NodeId, TlsConfig};
 use tokio::sync::watch;
 
-/// Where the CLI's fabric node listens (gossip only: peers call back).
-const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 /// How often to look at the view while waiting for addresses.
 const VIEW_POLL_MS: u64 = 100;
 
@@ -30,7 +31,6 @@ pub struct Fabric {
     pub rpc: Client,
     pub meta: Arc<MetaClient>,
     pub gossip: Arc<Gossip>,
-    _server: Server,
 }
 
 impl Fabric {
@@ -54,32 +54,18 @@ impl Fabric {
             .collect();
         let gossip = Arc::new(
             Gossip::new(
-                DriverConfig::new(me, seeds),
+                DriverConfig::observer(me, seeds),
                 Role::Admin,
                 env!("CARGO_PKG_VERSION"),
             )
             .context("gossip")?,
         );
-        let mut router = Router::new();
-        gossip.register(&mut router).context("gossip handler")?;
-        let server = Server::bind(LISTEN, tls, router, rpc)
-            .await
-            .context("binding the CLI's fabric listener on 127.0.0.1")?;
-        gossip
-            .start(
-                client.clone(),
-                NodeAddrs {
-                    fabric: server.local_addr(),
-                    public: None,
-                },
-            )
-            .context("starting gossip")?;
+        gossip.start_observing(client.clone());
         let meta = Arc::new(MetaClient::new(client.clone(), endpoints).with_timeout(timeout));
         Ok(Fabric {
             rpc: client,
             meta,
             gossip,
-            _server: server,
         })
     }
 

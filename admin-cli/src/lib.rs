@@ -6,16 +6,19 @@
 //!   [`error::CliError`].
 //! - [`error`]: the exit codes (0 done, 1 refused, 2 usage, 3 unreachable).
 //! - [`cmd`]: one module per noun (`cert`, `lun`, `target`, `node`,
-//!   `status`), and `up` (a whole cluster on one machine); `lun
+//!   `status`, `top`), and `up` (a whole cluster on one machine); `lun
 //!   import|export` live in `cmd::image`.
-//! - [`datapath`]: the CLI as a fabric node (gossip, the volume client)
-//!   for image import/export and `weft up`'s status line.
+//! - [`datapath`]: the CLI on the fabric (gossip as an observer, the
+//!   volume client) for image import/export, `weft top` and `weft up`'s
+//!   status line.
+//! - [`terminal`]: `weft top`'s screen and keys.
 //! - [`progress`]: the progress bar of long copies.
 //! - [`render`], [`units`]: output (`-o text|json`, tables) and human
 //!   sizes and durations.
 //!
 //! The CLI knows the cluster through the metadata API
-//! (`fabric::metadata`); only `lun import|export` use the data path
+//! (`fabric::metadata`) and the gossiped soft state (capacity, I/O
+//! counters); only `lun import|export` use the data path
 //! (`fabric::volume`, with the admin certificate).
 
 pub mod cmd;
@@ -25,6 +28,7 @@ pub mod error;
 pub mod progress;
 pub mod render;
 pub mod session;
+pub mod terminal;
 pub mod units;
 
 use std::ffi::OsString;
@@ -41,6 +45,7 @@ const AFTER_HELP: &str = "\
 Examples:
   weft up                              a whole cluster on this machine
   weft status
+  weft top                             live IOPS, bandwidth, latency
   weft lun create db --size 20G
   weft target create iqn.2026-01.org.example:db
   weft target map iqn.2026-01.org.example:db db
@@ -81,6 +86,11 @@ pub enum Command {
     /// Cluster health at a glance, like `ceph -s`.
     #[command(after_help = "Examples:\n  weft status\n  weft status -o json | jq .health")]
     Status(cmd::status::StatusArgs),
+    /// Live IOPS, bandwidth and latency per node and per LUN, like `top`.
+    #[command(
+        after_help = "Examples:\n  weft top                    redrawn every second; q or Ctrl-C quits\n  weft top --once -o json     one sample for a script\n  weft top -n 10 -d 5s > log  ten samples, five seconds apart\n\nRates are over the nodes' last second (they publish their counters\nin gossip every second while they serve I/O); the first sample comes\nafter 2 s. Nodes are chunkservers (chunk I/O their disks serve) and\ngateways (iSCSI I/O); LUN rows add up the gateways serving them."
+    )]
+    Top(cmd::top::TopArgs),
     /// LUNs: create, list, show, resize, delete.
     #[command(subcommand)]
     Lun(cmd::lun::LunCommand),
@@ -110,6 +120,7 @@ where
     };
     let result = match cli.command {
         Command::Status(a) => cmd::status::run(&cli.global, a),
+        Command::Top(a) => cmd::top::run(&cli.global, a),
         Command::Lun(c) => cmd::lun::run(&cli.global, c),
         Command::Target(c) => cmd::target::run(&cli.global, c),
         Command::Node(c) => cmd::node::run(&cli.global, c),

@@ -4,9 +4,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use fabric::gossip::{DriverConfig, Gossip, Seed, View};
 use fabric::identity::NodeCredentials;
+use fabric::identity::Role;
 use fabric::metadata::client::MetaClient;
 use fabric::metadata::rpc::{ClusterInfo, ReadReply, ReadRequest, Summary};
 use fabric::metadata::{Command, Extent, Lun, Outcome};
@@ -28,7 +31,14 @@ pub struct Session {
     rt: tokio::runtime::Runtime,
     client: MetaClient,
     config_path: PathBuf,
+    /// For gossip (soft state the metadata does not hold).
+    rpc: Client,
+    node_id: NodeId,
+    endpoints: Vec<(NodeId, SocketAddr)>,
 }
+
+/// How often to look at the gossiped view while waiting for it.
+const VIEW_POLL_MS: u64 = 50;
 
 /// What every connection to the cluster starts from: the config found and
 /// checked, the admin certificate loaded, the endpoints resolved.
@@ -102,20 +112,62 @@ impl Session {
             .build()
             .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot start a runtime: {e}")))?;
         // The client spawns its connection tasks: build it on the runtime.
-        let client = {
+        let (rpc, client) = {
             let _guard = rt.enter();
-            MetaClient::new(Client::new(&p.tls, p.rpc_config()), p.endpoints)
-                .with_timeout(p.timeout)
+            let rpc = Client::new(&p.tls, p.rpc_config());
+            let client = MetaClient::new(rpc.clone(), p.endpoints.clone()).with_timeout(p.timeout);
+            (rpc, client)
         };
         Ok(Session {
             rt,
             client,
             config_path: p.config_path,
+            rpc,
+            node_id: p.node_id,
+            endpoints: p.endpoints,
         })
     }
 
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// The gossiped view, as soon as it holds every node of `nodes` with
+    /// its capacity, or what it holds after `within`. The CLI gossips as
+    /// an observer (nothing of it stays in the cluster's views); the first
+    /// exchange with an endpoint brings the whole state, in tens of ms.
+    pub fn gossip_view(&self, nodes: &[NodeId], within: Duration) -> Option<Arc<View>> {
+        let seeds = self
+            .endpoints
+            .iter()
+            .map(|(node, addr)| Seed {
+                node: node.clone(),
+                addr: *addr,
+            })
+            .collect();
+        let gossip = Gossip::new(
+            DriverConfig::observer(self.node_id.clone(), seeds),
+            Role::Admin,
+            env!("CARGO_PKG_VERSION"),
+        )
+        .ok()?;
+        {
+            let _guard = self.rt.enter();
+            gossip.start_observing(self.rpc.clone());
+        }
+        self.rt.block_on(async {
+            let until = tokio::time::Instant::now() + within;
+            loop {
+                let view = gossip.view();
+                let complete = nodes
+                    .iter()
+                    .all(|n| view.get(n).is_some_and(|s| s.capacity().is_some()));
+                if complete || tokio::time::Instant::now() >= until {
+                    return Some(view);
+                }
+                tokio::time::sleep(Duration::from_millis(VIEW_POLL_MS)).await;
+            }
+        })
     }
 
     pub fn read(&self, req: ReadRequest) -> CliResult<ReadReply> {

@@ -8,7 +8,11 @@
 
 mod support;
 
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use admin_cli::config::{write_client_config, ClientConfig, Endpoint};
@@ -47,6 +51,8 @@ fn operator_commands_against_a_real_cluster() {
     luns(&c);
     targets(&c);
     extents_and_health(&c);
+    top_and_capacity(&c);
+    no_cli_left_in_gossip(&c);
     non_admin_certificate(&c);
     nodes(&mut c);
     eprintln!("all done after {:?}", started.elapsed());
@@ -70,12 +76,21 @@ fn status_of_a_new_cluster(c: &Cluster) {
     assert_eq!(s["nodes"]["in"], 3);
     assert_eq!(s["luns"]["count"], 0);
     assert_eq!(s["extents"]["allocated"], 0);
+    // Capacity comes by gossip: 3 nodes of 4 GiB, nothing used.
+    let cap = &s["capacity"];
+    assert_eq!(cap["nodes_reporting"], 3, "{s:#}");
+    assert_eq!(cap["nodes"], 3);
+    assert_eq!(cap["total_bytes"], 12u64 << 30);
+    assert_eq!(cap["total"], "12 GiB");
+    assert_eq!(cap["used_bytes"], 0);
+    assert_eq!(cap["free_bytes"], 12u64 << 30);
     let text = c.ok(&["status"]);
     for want in [
         "health: HEALTH_OK",
         "metadata: 3 voters (",
         "3 nodes: 3 in, 0 draining, 0 out; 3 with a valid lease",
         "0 LUNs, 0 B provisioned",
+        "usage:    0 B used of 12 GiB (0.0 %), 12 GiB free for new chunks",
     ] {
         assert!(text.contains(want), "status lacks {want:?}:\n{text}");
     }
@@ -655,6 +670,244 @@ fn extents_and_health(c: &Cluster) {
     );
 }
 
+/// The numbers of every chunkserver's node row in a `weft top -o json`
+/// sample: (node, write ops/s, write bytes/s, write ops total).
+fn node_writes(sample: &Value) -> Vec<(String, f64, u64, u64)> {
+    sample["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes: {sample}"))
+        .iter()
+        .map(|n| {
+            let io = &n["io"];
+            (
+                n["node"].as_str().unwrap_or_default().to_string(),
+                io["write_ops_per_s"].as_f64().unwrap_or(-1.0),
+                io["write_bytes_per_s"].as_u64().unwrap_or(0),
+                io["write_ops_total"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// `weft top` while a LUN is written (an import fed slowly through stdin,
+/// so that it lasts as long as the checks), then after; capacity in
+/// `weft status` once chunks exist.
+fn top_and_capacity(c: &Cluster) {
+    c.ok(&["lun", "create", "perf", "--size", "1G"]);
+    let mut import = Process::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["lun", "import", "-", "perf"])
+        .env("HOME", c.home())
+        .env("WEFT_CONFIG", &c.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = import.stdin.take().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // About 20 MiB/s of non-zero bytes (zeroes would be unmapped, not
+    // written), 512 MiB at most.
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let piece = vec![0x5au8; 1 << 20];
+            for _ in 0..512 {
+                if stop.load(Ordering::Relaxed) || input.write_all(&piece).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let busy = c.json(&["top", "--once"]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "the first sample comes after 2 s: {took:?}"
+    );
+    let writes = node_writes(&busy);
+    assert_eq!(
+        writes.iter().map(|w| w.0.as_str()).collect::<Vec<_>>(),
+        ["m-1", "m-2", "m-3"],
+        "{busy:#}"
+    );
+    for (node, ops, bytes, total) in &writes {
+        // 2+1 over 3 nodes: every node holds a chunk of every extent.
+        assert!(
+            *ops > 0.0 && *bytes > 0 && *total > 0,
+            "{node} shows no writes while the import runs: {busy:#}"
+        );
+    }
+    for n in busy["nodes"].as_array().unwrap() {
+        assert_eq!(
+            (n["role"].as_str(), n["state"].as_str()),
+            (Some("chunkserver"), Some("alive")),
+            "{n}"
+        );
+        assert_eq!(n["admin"], "in");
+        assert!(n["io"]["write_latency_us_avg"].as_u64().unwrap() > 0, "{n}");
+        assert!(n["io"]["write_latency_us_p99"].as_u64().unwrap() > 0, "{n}");
+    }
+    // No gateway serves perf here: its row has no counters.
+    assert_eq!(
+        busy["luns"],
+        serde_json::json!([{"name": "perf", "id": busy["luns"][0]["id"], "gateways": [], "io": null}])
+    );
+    assert!(busy["time_ms"].as_u64().unwrap() > 0);
+    assert_eq!(busy["interval_ms"], 1000);
+
+    // Text, two samples a second apart, not on a terminal: no escapes.
+    let text = c.ok(&["top", "-n", "2"]);
+    assert!(!text.contains('\x1b'), "{text:?}");
+    assert_eq!(text.matches("weft top  ").count(), 2, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("NODE ")).count(),
+        2,
+        "{text}"
+    );
+    let last = text.rsplit("weft top  ").next().unwrap();
+    for node in ["m-1", "m-2", "m-3"] {
+        let line = last
+            .lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_else(|| panic!("no {node} in {text}"));
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&cells[1..3], ["chunkserver", "alive"], "{line}");
+        assert_ne!(cells[4], "0", "WRITE/s of {node}: {text}");
+        assert!(line.contains("/s"), "{line}");
+    }
+    assert!(
+        last.lines()
+            .any(|l| l.starts_with("perf ") && l.contains(" - ")),
+        "{text}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    let o = import.wait_with_output().unwrap();
+    assert!(o.status.success(), "import: {}", stderr(&o));
+
+    // Stopped: the rates fall to zero (each node publishes one last
+    // record), the totals stay.
+    let end = Instant::now() + Duration::from_secs(15);
+    let idle = loop {
+        let s = c.json(&["top", "--once"]);
+        if node_writes(&s).iter().all(|w| w.1 == 0.0) {
+            break s;
+        }
+        assert!(Instant::now() < end, "writes did not stop: {s:#}");
+    };
+    for ((node, _, bytes, total), before) in node_writes(&idle).iter().zip(&writes) {
+        assert_eq!(*bytes, 0, "{node}");
+        assert!(
+            *total >= before.3,
+            "{node}: total went from {} to {total}",
+            before.3
+        );
+    }
+    assert!(
+        idle["nodes"][0]["io"]["write_latency_us_avg"].is_null(),
+        "{idle:#}"
+    );
+
+    // Chunks exist now: capacity used, in JSON and text.
+    let s = c.json(&["status"]);
+    let cap = &s["capacity"];
+    let used = cap["used_bytes"].as_u64().unwrap();
+    assert!(used > 0 && cap["chunks"].as_u64().unwrap() > 0, "{s:#}");
+    // Published every 300 ms here; the reserve is 0 and every node is in.
+    assert_eq!(
+        cap["free_bytes"].as_u64().unwrap() + used,
+        12u64 << 30,
+        "{s:#}"
+    );
+    let text = c.ok(&["status"]);
+    assert!(
+        text.contains(&format!(
+            "usage:    {} used of 12 GiB",
+            cap["used"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    c.ok(&["lun", "delete", "perf", "--yes"]);
+}
+
+/// Every `weft` command so far gossiped; none of them is left in the
+/// cluster's view (the CLI gossips as an observer). A member would stay
+/// there, dead, for an hour.
+fn no_cli_left_in_gossip(c: &Cluster) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = c.home().join("watcher");
+    let o = weft_in(
+        c.home(),
+        &[],
+        &[
+            "cert",
+            "issue",
+            "--role",
+            "chunkserver",
+            "--node-id",
+            "watcher",
+            "--ca-dir",
+            c.ca_dir.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tls = TlsConfig::new(&NodeCredentials::load(&dir).unwrap()).unwrap();
+    let seeds = c
+        .nodes
+        .iter()
+        .map(|n| fabric::gossip::Seed {
+            node: NodeId::new(n.name.clone()).unwrap(),
+            addr: n.addr,
+        })
+        .collect();
+    let view = rt.block_on(async {
+        let gossip = fabric::gossip::Gossip::new(
+            fabric::gossip::DriverConfig::observer(NodeId::new("watcher").unwrap(), seeds),
+            fabric::identity::Role::Chunkserver,
+            "test",
+        )
+        .unwrap();
+        gossip.start_observing(Client::new(&tls, RpcConfig::default()));
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = gossip.view();
+            let full = v.nodes.len() >= 4 && v.nodes.values().all(|n| n.role().is_some());
+            if full || Instant::now() > end {
+                // A little longer: whatever the peers hold has arrived.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return gossip.view();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let members: Vec<(String, Option<fabric::identity::Role>)> = view
+        .nodes
+        .iter()
+        .map(|(id, n)| (id.to_string(), n.role()))
+        .collect();
+    let chunkserver = Some(fabric::identity::Role::Chunkserver);
+    assert_eq!(
+        members,
+        [
+            ("m-1".to_string(), chunkserver),
+            ("m-2".to_string(), chunkserver),
+            ("m-3".to_string(), chunkserver),
+            ("watcher".to_string(), chunkserver),
+        ],
+        "the CLI (ops) must not be a member"
+    );
+}
+
 /// A gateway certificate may read but not change: exit 1, told why.
 fn non_admin_certificate(c: &Cluster) {
     let dir = c.home().join("gw-client");
@@ -929,6 +1182,7 @@ fn unreachable_cluster_exits_3_quickly() {
         ),
         (vec!["target", "create", IQN], &with_key),
         (vec!["node", "drain", "cs-1"], &with_key),
+        (vec!["top", "--once", "-o", "json"], &with_key),
         (vec!["--timeout", "500ms", "node", "list"], &no_key),
     ];
     for (args, config) in cases {
@@ -1065,6 +1319,12 @@ fn bad_command_lines_exit_2() {
             "invalid site pin \"\": empty",
         ),
         (&["lun", "frobnicate"], "unrecognized subcommand"),
+        (
+            &["top", "--interval", "10ms"],
+            "the interval is 100 ms at least",
+        ),
+        (&["top", "-n", "0"], "invalid value '0'"),
+        (&["top", "--once", "-n", "2"], "cannot be used with"),
     ];
     for (args, want) in cases {
         let o = weft_in(dir.path(), &[], args, None);
@@ -1093,6 +1353,7 @@ fn every_command_has_help_with_an_example() {
     let commands: &[&[&str]] = &[
         &[],
         &["status"],
+        &["top"],
         &["lun", "create"],
         &["lun", "list"],
         &["lun", "show"],

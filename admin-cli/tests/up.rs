@@ -234,6 +234,73 @@ fn no_carriage_return(o: &Output, what: &str) {
     );
 }
 
+/// `weft top` sees the gateway's I/O: per LUN and for the gateway, while
+/// qemu-io writes (the same pattern again, so the later checks hold) and
+/// as totals.
+fn top_through_the_gateway(home: &Path, config: &str, url: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, url) = (stop.clone(), url.to_string());
+        std::thread::spawn(move || {
+            let mut writes = 0;
+            while !stop.load(Ordering::Relaxed) && writes < 200 {
+                let o = qemu_io(&url, &format!("write -P 0xab {PATTERN_AT} 4M"));
+                assert!(o.status.success(), "qemu-io write: {}", stderr(&o));
+                writes += 1;
+            }
+        })
+    };
+    let o = weft(home, &["--config", config, "top", "--once", "-o", "json"]);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(o.status.success(), "weft top: {}", stderr(&o));
+    let top: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let demo = &top["luns"][0];
+    assert_eq!(demo["name"], "demo", "{top:#}");
+    assert_eq!(demo["gateways"], serde_json::json!(["gw-1"]), "{top:#}");
+    let io = &demo["io"];
+    assert!(io["write_ops_per_s"].as_f64().unwrap() > 0.0, "{top:#}");
+    assert!(io["write_bytes_per_s"].as_u64().unwrap() > 0, "{top:#}");
+    assert!(io["write_latency_us_avg"].as_u64().unwrap() > 0, "{top:#}");
+    // The first qemu-io calls wrote and read 4 MiB each: in the totals.
+    assert!(
+        io["write_bytes_total"].as_u64().unwrap() >= 8 << 20,
+        "{top:#}"
+    );
+    assert!(
+        io["read_bytes_total"].as_u64().unwrap() >= 4 << 20,
+        "{top:#}"
+    );
+    let nodes = top["nodes"].as_array().unwrap();
+    let roles: Vec<(&str, &str)> = nodes
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap(), n["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("cs-1", "chunkserver"),
+            ("cs-2", "chunkserver"),
+            ("cs-3", "chunkserver"),
+            ("cs-4", "chunkserver"),
+            ("gw-1", "gateway")
+        ]
+    );
+    let gw = &nodes[4]["io"];
+    assert!(
+        gw["write_bytes_total"].as_u64() >= io["write_bytes_total"].as_u64(),
+        "the gateway counts every LUN: {top:#}"
+    );
+    // 3+1: a 4 MiB write reaches every chunkserver of its extent.
+    let chunk_writes: u64 = nodes[..4]
+        .iter()
+        .map(|n| n["io"]["write_ops_total"].as_u64().unwrap())
+        .sum();
+    assert!(chunk_writes >= 4, "{top:#}");
+}
+
 #[test]
 fn weft_up_as_a_newcomer_then_images() {
     let t0 = Instant::now();
@@ -303,6 +370,15 @@ fn weft_up_as_a_newcomer_then_images() {
     assert_eq!(status["nodes"]["total"], 4);
     assert_eq!(status["nodes"]["lease_valid"], 4);
     assert_eq!(status["metadata"]["voters"].as_array().unwrap().len(), 3);
+    assert_eq!(status["capacity"]["nodes_reporting"], 4, "{status}");
+    top_through_the_gateway(home, config, &url);
+    // Capacity is republished every second: the chunks written show.
+    let o = weft(home, &["--config", config, "status", "-o", "json"]);
+    let status: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(
+        status["capacity"]["used_bytes"].as_u64().unwrap() > 0,
+        "{status}"
+    );
     let o = weft(
         home,
         &["--config", config, "lun", "show", "demo", "-o", "json"],

@@ -185,6 +185,15 @@ impl Journal {
     pub fn open(config: JournalConfig) -> Result<(Journal, Vec<Record>), JournalError> {
         let (writer, records) = Writer::open(config)?;
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
+        // In the deterministic simulation the writer is a task of the
+        // node's runtime (a thread would finish at wall-clock moments, and
+        // would outlive a simulated crash): see docs/simulation.md.
+        if fabric::env::simulated() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(writer.run_inline(rx));
+                return Ok((Journal { tx }, records));
+            }
+        }
         std::thread::Builder::new()
             .name("weft-journal".into())
             .spawn(move || writer.run(rx))
@@ -482,6 +491,25 @@ impl Writer {
 
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
+            if self.handle(first, &mut rx) {
+                return;
+            }
+        }
+    }
+
+    /// `run` as a task, its I/O inline (the simulation only).
+    async fn run_inline(mut self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.recv().await {
+            if self.handle(first, &mut rx) {
+                return;
+            }
+        }
+    }
+
+    /// Handles `first` and whatever is queued behind it as one group
+    /// commit; true once closed.
+    fn handle(&mut self, first: Op, rx: &mut mpsc::Receiver<Op>) -> bool {
+        {
             let mut batch = Vec::new();
             let mut batch_bytes = 0usize;
             let mut trims = Vec::new();
@@ -521,9 +549,10 @@ impl Writer {
             }
             if let Some(tx) = closing {
                 let _ = tx.send(());
-                return;
+                return true;
             }
         }
+        false
     }
 
     fn stats(&self) -> JournalStats {

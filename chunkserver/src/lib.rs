@@ -4,6 +4,7 @@
 pub mod config;
 pub mod journal;
 pub mod meta;
+pub mod node;
 pub mod primary;
 pub mod service;
 pub mod store;

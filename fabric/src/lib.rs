@@ -15,6 +15,7 @@
 //!   policy to the nodes of an extent.
 //! - [`metadata`]: the catalogue's records and commands, and its client.
 
+pub mod env;
 pub mod gossip;
 pub mod identity;
 pub mod metadata;

@@ -6,6 +6,7 @@ pub mod lun;
 pub mod node;
 pub mod status;
 pub mod target;
+pub mod top;
 pub mod up;
 
 use crate::error::{CliError, CliResult};

@@ -1,11 +1,17 @@
 //! `weft status`: the cluster's health at a glance, the way `ceph -s`
-//! shows it, from the catalogue (`Summary`) and the Raft group
-//! (`Cluster`). Capacity is gossiped soft state, which the CLI does not
-//! read yet, so it is not shown.
+//! shows it, from the catalogue (`Summary`), the Raft group (`Cluster`)
+//! and, for capacity, the gossiped view: capacity is soft state that each
+//! chunkserver publishes (`docs/gossip.md`), not something the metadata
+//! holds. The CLI reads it as a gossip observer, waiting at most
+//! [`GOSSIP_WAIT_MS`]; without it, status says capacity is unknown.
+
+use std::time::Duration;
 
 use clap::Args;
+use fabric::gossip::View;
 use fabric::metadata::catalogue::AdminState;
 use fabric::metadata::rpc::{ClusterInfo, Summary};
+use fabric::NodeId;
 use serde::Serialize;
 
 use crate::error::CliResult;
@@ -13,6 +19,15 @@ use crate::render::{emit, now_ms, LeaseView, OutputArg};
 use crate::session::Session;
 use crate::units::format_size;
 use crate::GlobalArgs;
+
+/// How long `weft status` waits for gossip to bring every live node's
+/// capacity (the first exchange brings it all, in tens of ms; a slow or
+/// cut-off node must not hold the command up).
+pub const GOSSIP_WAIT_MS: u64 = 2_000;
+/// A node in service whose used bytes reach this share of its usable
+/// capacity (capacity less the reserve) is near full: placement weighs
+/// it down, and at 100 % it refuses new chunks.
+pub const NEARFULL_PERCENT: u64 = 90;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -30,6 +45,28 @@ pub struct StatusJson {
     pub luns: LunsJson,
     pub targets: usize,
     pub extents: ExtentsJson,
+    /// `null` when gossip brought no node's capacity.
+    pub capacity: Option<CapacityJson>,
+}
+
+/// Capacity of the chunkservers (not removed), as they gossip it.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct CapacityJson {
+    /// Nodes whose capacity gossip gave, of `nodes`.
+    pub nodes_reporting: usize,
+    pub nodes: usize,
+    pub total_bytes: u64,
+    pub total: String,
+    pub used_bytes: u64,
+    pub used: String,
+    /// `used_bytes` of `total_bytes`, percent, one decimal.
+    pub used_percent: f64,
+    /// Room for new chunks: on nodes in service, capacity less what is
+    /// used and the reserve each node keeps.
+    pub free_bytes: u64,
+    pub free: String,
+    pub reserved_bytes: u64,
+    pub chunks: u64,
 }
 
 /// Something an operator should look at.
@@ -94,13 +131,89 @@ pub fn run(global: &GlobalArgs, a: StatusArgs) -> CliResult<()> {
     let session = Session::open(global)?;
     let s = session.summary()?;
     let c = session.cluster()?;
-    let j = status(&s, &c, now_ms());
+    let now = now_ms();
+    // Wait for the nodes that should be gossiping: those with a lease.
+    let live: Vec<NodeId> = s
+        .nodes
+        .iter()
+        .filter(|n| n.admin != AdminState::Removed)
+        .filter(|n| {
+            s.leases
+                .iter()
+                .any(|l| l.node == n.id && LeaseView::new(l, now).valid)
+        })
+        .map(|n| n.id.clone())
+        .collect();
+    let view = session.gossip_view(&live, Duration::from_millis(GOSSIP_WAIT_MS));
+    let j = status(&s, &c, view.as_deref(), now);
     emit(a.out, &j, || text(&j));
     Ok(())
 }
 
-/// The status of a catalogue and Raft group at `now_ms` (CLI clock).
-pub fn status(s: &Summary, c: &ClusterInfo, now_ms: u64) -> StatusJson {
+/// Capacity of the catalogue's chunkservers (not removed) in `view`.
+pub fn capacity(s: &Summary, view: &View) -> Option<CapacityJson> {
+    let mut c = CapacityJson {
+        nodes_reporting: 0,
+        nodes: 0,
+        total_bytes: 0,
+        total: String::new(),
+        used_bytes: 0,
+        used: String::new(),
+        used_percent: 0.0,
+        free_bytes: 0,
+        free: String::new(),
+        reserved_bytes: 0,
+        chunks: 0,
+    };
+    for n in s.nodes.iter().filter(|n| n.admin != AdminState::Removed) {
+        c.nodes += 1;
+        let Some(cap) = view.get(&n.id).and_then(|st| st.capacity()) else {
+            continue;
+        };
+        c.nodes_reporting += 1;
+        c.total_bytes += cap.bytes_total;
+        c.used_bytes += cap.bytes_used;
+        c.reserved_bytes += cap.bytes_reserved;
+        c.chunks += cap.chunks;
+        if n.admin == AdminState::In {
+            c.free_bytes += cap
+                .bytes_total
+                .saturating_sub(cap.bytes_used.saturating_add(cap.bytes_reserved));
+        }
+    }
+    if c.nodes_reporting == 0 {
+        return None;
+    }
+    c.total = format_size(c.total_bytes);
+    c.used = format_size(c.used_bytes);
+    c.free = format_size(c.free_bytes);
+    if c.total_bytes > 0 {
+        c.used_percent = (c.used_bytes as f64 * 1000.0 / c.total_bytes as f64).round() / 10.0;
+    }
+    Some(c)
+}
+
+/// Nodes in service at or past [`NEARFULL_PERCENT`] of their usable
+/// capacity, with their usage (`cs-2 (93 %)`, `cs-3 (full)`).
+fn nearfull(s: &Summary, view: &View) -> Vec<String> {
+    s.nodes
+        .iter()
+        .filter(|n| n.admin == AdminState::In)
+        .filter_map(|n| {
+            let cap = view.get(&n.id)?.capacity()?;
+            let usable = cap.bytes_total.saturating_sub(cap.bytes_reserved);
+            if usable == 0 || cap.bytes_used >= usable {
+                return Some(format!("{} (full)", n.id));
+            }
+            let percent = cap.bytes_used.saturating_mul(100) / usable;
+            (percent >= NEARFULL_PERCENT).then(|| format!("{} ({percent} %)", n.id))
+        })
+        .collect()
+}
+
+/// The status of a catalogue and Raft group at `now_ms` (CLI clock), with
+/// capacity from a gossiped `view` if there is one.
+pub fn status(s: &Summary, c: &ClusterInfo, view: Option<&View>, now_ms: u64) -> StatusJson {
     let mut checks = Vec::new();
     let mut nodes = NodesJson::default();
     let mut unleased = Vec::new();
@@ -195,6 +308,18 @@ pub fn status(s: &Summary, c: &ClusterInfo, now_ms: u64) -> StatusJson {
             ),
         });
     }
+    let full = view.map(|v| nearfull(s, v)).unwrap_or_default();
+    if !full.is_empty() {
+        checks.push(Check {
+            severity: "warn",
+            code: "NODE_NEARFULL",
+            message: format!(
+                "{} node(s) in service near full (used of capacity less reserve): {}; add capacity or nodes",
+                full.len(),
+                full.join(", ")
+            ),
+        });
+    }
     let health = if checks.iter().any(|c| c.severity == "error") {
         "HEALTH_ERR"
     } else if checks.is_empty() {
@@ -226,6 +351,7 @@ pub fn status(s: &Summary, c: &ClusterInfo, now_ms: u64) -> StatusJson {
             degraded,
             degraded_by_lun,
         },
+        capacity: view.and_then(|v| capacity(s, v)),
     }
 }
 
@@ -273,6 +399,22 @@ fn text(j: &StatusJson) -> String {
         "\n  data:\n    luns:     {} LUNs, {} provisioned; {} targets\n    extents:  {} allocated, {} degraded\n",
         j.luns.count, j.luns.provisioned, j.targets, j.extents.allocated, j.extents.degraded
     ));
+    match &j.capacity {
+        Some(c) => {
+            let partial = if c.nodes_reporting < c.nodes {
+                format!(" ({} of {} nodes reporting)", c.nodes_reporting, c.nodes)
+            } else {
+                String::new()
+            };
+            t.push_str(&format!(
+                "    usage:    {} used of {} ({:.1} %), {} free for new chunks{partial}\n",
+                c.used, c.total, c.used_percent, c.free
+            ));
+        }
+        None => t.push_str(
+            "    usage:    unknown (no chunkserver's capacity came by gossip within 2 s)\n",
+        ),
+    }
     t
 }
 
@@ -292,6 +434,87 @@ mod tests {
             admin,
             added_ms: 0,
         }
+    }
+
+    /// Capacity adds up over the nodes gossip reports; free space counts
+    /// only nodes in service, less their reserve; a node in service near
+    /// full is a warning.
+    #[test]
+    fn capacity_from_gossip() {
+        use fabric::gossip::state::{keys, Capacity, Key, NodeState, Value};
+        use fabric::gossip::{Availability, View};
+        let gib = 1u64 << 30;
+        let cap = |total: u64, used: u64| {
+            let c = Capacity {
+                bytes_total: total * gib,
+                bytes_used: used * gib,
+                bytes_reserved: gib,
+                chunks: used,
+            };
+            let mut keys = std::collections::BTreeMap::new();
+            keys.insert(
+                Key::new(keys::CAPACITY),
+                (1, Value::encode_record(&c).unwrap()),
+            );
+            NodeState {
+                generation: 1,
+                availability: Availability::Alive,
+                keys,
+            }
+        };
+        let view = View {
+            nodes: [
+                (id("a"), cap(16, 2)),
+                (id("b"), cap(11, 9)),
+                (id("c"), cap(16, 4)),
+                (id("gone"), cap(100, 100)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let s = Summary {
+            nodes: vec![
+                node("a", AdminState::In),
+                node("b", AdminState::In),
+                node("c", AdminState::Draining),
+                node("d", AdminState::In),
+                node("gone", AdminState::Removed),
+            ],
+            ..Summary::default()
+        };
+        let c = capacity(&s, &view).unwrap();
+        assert_eq!((c.nodes_reporting, c.nodes), (3, 4));
+        assert_eq!(c.total_bytes, 43 * gib);
+        assert_eq!(c.used_bytes, 15 * gib);
+        assert_eq!(
+            c.free_bytes,
+            (16 - 2 - 1 + 11 - 9 - 1) * gib,
+            "draining c adds none"
+        );
+        assert_eq!((c.used.as_str(), c.free.as_str()), ("15 GiB", "14 GiB"));
+        assert_eq!(c.used_percent, 34.9);
+        let cluster = ClusterInfo {
+            leader: Some(id("a")),
+            term: 1,
+            voters: vec![id("a"), id("b"), id("c")],
+            learners: vec![],
+            last_applied: 1,
+        };
+        let j = status(&s, &cluster, Some(&view), 0);
+        let full: Vec<&Check> = j
+            .checks
+            .iter()
+            .filter(|c| c.code == "NODE_NEARFULL")
+            .collect();
+        assert_eq!(full.len(), 1, "{:?}", j.checks);
+        assert!(full[0].message.contains("b (90 %)"), "{}", full[0].message);
+        let t = text(&j);
+        assert!(
+            t.contains("usage:    15 GiB used of 43 GiB (34.9 %), 14 GiB free for new chunks (3 of 4 nodes reporting)"),
+            "{t}"
+        );
+        assert!(capacity(&s, &View::default()).is_none());
+        assert!(text(&status(&s, &cluster, None, 0)).contains("usage:    unknown"));
     }
 
     /// One row per cluster shape: the health and the check codes it gives.
@@ -370,12 +593,12 @@ mod tests {
             ),
         ];
         for (what, s, c, health, codes) in table {
-            let j = status(s, &c, now);
+            let j = status(s, &c, None, now);
             assert_eq!(j.health, health, "{what}");
             let got: Vec<&str> = j.checks.iter().map(|c| c.code).collect();
             assert_eq!(got, codes, "{what}");
         }
-        let j = status(&lapsed, &three(), now);
+        let j = status(&lapsed, &three(), None, now);
         assert!(
             j.checks[0].message.contains("b (lease expired 12 s ago)"),
             "{}",
@@ -383,7 +606,10 @@ mod tests {
         );
         assert_eq!(j.nodes.lease_expired, 1);
         assert_eq!(
-            status(&degraded, &three(), now).extents.degraded_by_lun[0].name,
+            status(&degraded, &three(), None, now)
+                .extents
+                .degraded_by_lun[0]
+                .name,
             "id 7"
         );
     }

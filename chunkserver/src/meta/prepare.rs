@@ -4,8 +4,6 @@
 //! (a LUN larger than the cluster, a profile wider than its nodes). Apply
 //! itself stays deterministic; all of this happens once, here.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use fabric::gossip::View;
 use fabric::identity::Role;
 use fabric::metadata::catalogue::AdminState;
@@ -24,10 +22,10 @@ use tracing::{debug, warn};
 /// random per LUN.
 const NAA_OUI: u32 = 0x00_1E_E5;
 
+/// The wall clock in ms, or the simulation's clock inside `weft-sim`
+/// (leases and timestamps must replay from a seed).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    fabric::env::unix_now_ms()
 }
 
 pub enum Prepared {
@@ -131,9 +129,12 @@ pub fn prepare(
             // not registered (and holds no lease) yet.
             let admin = |n: &fabric::NodeId| cat.nodes.get(n).map_or(AdminState::Out, |e| e.admin);
             let cands = placement::candidates(view, admin, 0);
-            let nodes =
-                placement::place(&cands, &l.policy, ExtentKey { lun, index }, l.chunk_bytes)
-                    .map_err(|e| CatalogueError::Placement(e.to_string()))?;
+            let key = ExtentKey { lun, index };
+            let nodes = match placement::place(&cands, &l.policy, key, l.chunk_bytes) {
+                Ok(nodes) => nodes,
+                Err(err) => place_degraded(&cands, &l.policy, key, l.chunk_bytes)
+                    .ok_or_else(|| CatalogueError::Placement(err.to_string()))?,
+            };
             Command::AllocateExtent { lun, index, nodes }
         }
         Command::UpdateExtent {
@@ -160,6 +161,58 @@ pub fn prepare(
         },
         other => other,
     }))
+}
+
+/// Placement for a new extent while nodes in service are down (a 3+1 LUN
+/// on four nodes, one of them dead): place as if they were alive, and
+/// accept the answer if at most `m` of its nodes are down and the primary
+/// (slot `k`) is not one of them — swapped with a live data slot if need
+/// be. The primary cannot create the down nodes' chunks and marks them
+/// missing, as a write does; they are rebuilt when their nodes return. A
+/// stripe written degraded beats a LUN that cannot take new writes while
+/// its old extents can.
+fn place_degraded(
+    cands: &[placement::Candidate],
+    policy: &placement::Policy,
+    key: ExtentKey,
+    chunk_bytes: u64,
+) -> Option<Vec<fabric::NodeId>> {
+    use fabric::gossip::state::Availability;
+    let down: Vec<fabric::NodeId> = cands
+        .iter()
+        .filter(|c| c.admin == AdminState::In && c.availability != Availability::Alive)
+        .map(|c| c.node.clone())
+        .collect();
+    if down.is_empty() {
+        return None;
+    }
+    let revived: Vec<placement::Candidate> = cands
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            if down.contains(&c.node) {
+                c.availability = Availability::Alive;
+            }
+            c
+        })
+        .collect();
+    let mut nodes = placement::place(&revived, policy, key, chunk_bytes).ok()?;
+    let k = policy.ec.k as usize;
+    let is_down = |n: &fabric::NodeId| down.contains(n);
+    if nodes.iter().filter(|n| is_down(n)).count() > policy.ec.m as usize {
+        return None;
+    }
+    if nodes.get(k).is_some_and(is_down) {
+        let live = nodes.iter().take(k).position(|n| !is_down(n))?;
+        nodes.swap(live, k);
+    }
+    warn!(
+        lun = key.lun,
+        extent = key.index,
+        ?down,
+        "extent placed degraded: nodes down"
+    );
+    Some(nodes)
 }
 
 /// A new LUN's NAA IEEE Registered Extended designator (type 6: OUI then

@@ -13,10 +13,12 @@
 
 mod capacity;
 mod error;
+pub mod io_stats;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use fabric::gossip::IoMeter;
 use fabric::identity::{PeerIdentity, Role};
 use fabric::rpc::{Router, RouterError};
 use fabric::wire::chunk::{
@@ -173,6 +175,8 @@ pub struct ChunkService {
     /// a node stops serving when its lease lapses, so a replaced chunk is
     /// never read from its old holder).
     lease: Option<Arc<Lease>>,
+    /// Every chunk request handled, for `weft top` (`io_stats`).
+    io: Arc<IoMeter>,
 }
 
 impl std::fmt::Debug for ChunkService {
@@ -200,10 +204,19 @@ macro_rules! route {
         $router.register::<$rpc, _, _>(move |peer, req, payload| {
             let svc = svc.clone();
             async move {
+                let started = tokio::time::Instant::now();
+                let request_bytes = payload.len();
                 let served = match svc.check_lease(&peer) {
                     Ok(()) => svc.$method(req, payload).await,
                     Err(e) => Err(e),
                 };
+                io_stats::count(
+                    &svc.io,
+                    <$rpc as Rpc>::KIND,
+                    request_bytes,
+                    &served,
+                    started,
+                );
                 served.map_err(|e| refuse(<$rpc as Rpc>::KIND, &peer, e))
             }
         })?;
@@ -218,7 +231,17 @@ pub const LEASE_MARGIN_MS: u64 = 500;
 
 impl ChunkService {
     pub fn new(store: Arc<ChunkStore>) -> ChunkService {
-        ChunkService { store, lease: None }
+        ChunkService {
+            store,
+            lease: None,
+            io: Arc::new(IoMeter::new()),
+        }
+    }
+
+    /// The counters of every chunk request this service handles (its
+    /// clones share them), for gossip.
+    pub fn io_meter(&self) -> Arc<IoMeter> {
+        self.io.clone()
     }
 
     /// Serve gateways only while `lease` is valid.

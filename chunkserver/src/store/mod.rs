@@ -353,7 +353,8 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.map_err(io_other)?
+    // Inline inside the deterministic simulation (fabric::env::blocking).
+    fabric::env::blocking(f).await.map_err(io_other)?
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

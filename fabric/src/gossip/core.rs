@@ -64,6 +64,12 @@ pub struct Config {
     pub links_max: usize,
     /// Largest message this node sends (≤ `MESSAGE_BYTES_MAX`).
     pub message_bytes_max: usize,
+    /// Learns the view without being part of it: this node leaves itself
+    /// out of the digests and deltas it sends and probes no one, so peers
+    /// never hear of it. For short-lived readers (the `weft` CLI): a
+    /// member that exits would stay in every view as a dead node until
+    /// `dead_gc_ms`, and be gossiped all that time.
+    pub observer: bool,
 }
 
 impl Config {
@@ -79,6 +85,7 @@ impl Config {
             link_publish_interval_ms: LINK_PUBLISH_INTERVAL_MS_DEFAULT,
             links_max: LINKS_MAX_DEFAULT,
             message_bytes_max: MESSAGE_BYTES_MAX,
+            observer: false,
         }
     }
 
@@ -270,11 +277,15 @@ impl Node {
         }
         if now >= self.next_probe_ms {
             self.next_probe_ms = now + self.cfg.probe_interval_ms;
-            self.schedule_probes();
+            if !self.cfg.observer {
+                self.schedule_probes();
+            }
         }
         if now >= self.next_link_publish_ms {
             self.next_link_publish_ms = now + self.cfg.link_publish_interval_ms;
-            self.publish_links(now);
+            if !self.cfg.observer {
+                self.publish_links(now);
+            }
         }
     }
 
@@ -347,9 +358,11 @@ impl Node {
 
     /// Picks this round's peers (Cassandra's rules): one random live peer;
     /// a dead one with probability dead / (live + 1), to notice it coming
-    /// back; a seed when we know fewer live peers than seeds, or with
-    /// probability seeds / (live + dead), so partitions heal through the
-    /// seeds.
+    /// back; a seed when we know fewer live peers than seeds — even if the
+    /// live peer picked is a seed, else nodes that are all each other's
+    /// seeds can split into groups that each know only their own, for
+    /// ever — or, when no seed is picked yet, with probability seeds /
+    /// (live + dead), so partitions heal through the seeds.
     fn start_round(&mut self) {
         let me = &self.cfg.node_id;
         let mut live = Vec::new();
@@ -380,14 +393,17 @@ impl Node {
                 targets.push(p);
             }
         }
-        let seed_due = live.len() < seeds.len()
-            || chance(&mut *self.rng, seeds.len(), live.len() + dead.len());
+        let few_live = live.len() < seeds.len();
+        let seed_due = few_live || chance(&mut *self.rng, seeds.len(), live.len() + dead.len());
         let has_seed = targets.iter().any(|t| seeds.contains(t));
-        if seed_due && !has_seed {
-            if let Some(p) = pick(&mut *self.rng, &seeds) {
-                if !targets.contains(&p) {
-                    targets.push(p);
-                }
+        if seed_due && (few_live || !has_seed) {
+            let others: Vec<NodeId> = seeds
+                .iter()
+                .filter(|s| !targets.contains(s))
+                .cloned()
+                .collect();
+            if let Some(p) = pick(&mut *self.rng, &others) {
+                targets.push(p);
             }
         }
         if targets.is_empty() {
@@ -404,15 +420,22 @@ impl Node {
         }
     }
 
-    /// Everything this node knows, one entry per node.
+    /// Everything this node knows, one entry per node (an observer
+    /// leaves itself out).
     pub fn digest(&self) -> Digest {
         Digest {
             entries: self
-                .nodes
-                .iter()
+                .gossiped()
                 .map(|(id, t)| t.record.digest_entry(id))
                 .collect(),
         }
+    }
+
+    /// The nodes this node tells peers about: all it knows, but itself
+    /// when it is an observer.
+    fn gossiped(&self) -> impl Iterator<Item = (&NodeId, &Tracked)> {
+        let hidden = self.cfg.observer.then_some(&self.cfg.node_id);
+        self.nodes.iter().filter(move |(id, _)| Some(*id) != hidden)
     }
 
     /// The next message to send: a `Syn` that opens an exchange.
@@ -464,7 +487,12 @@ impl Node {
             .message_bytes_max
             .min(MESSAGE_BYTES_MAX)
             .saturating_sub(head_bytes + ENVELOPE_SLACK_BYTES);
-        let records = self.nodes.iter().map(|(id, t)| (id, &t.record));
+        let hidden = self.cfg.observer.then_some(&self.cfg.node_id);
+        let records = self
+            .nodes
+            .iter()
+            .filter(|(id, _)| Some(*id) != hidden)
+            .map(|(id, t)| (id, &t.record));
         select_delta(records, peer_digest, budget, &mut *self.rng)
     }
 
@@ -743,9 +771,10 @@ mod tests {
     use rand::SeedableRng;
 
     /// Nodes on a virtual network that delivers at once, stepped on a
-    /// virtual clock.
+    /// virtual clock; an exchange over a `cut` link (either way) fails.
     struct Net {
         nodes: Vec<Option<Node>>,
+        cut: Vec<(NodeId, NodeId)>,
     }
 
     fn node(name: &str, generation: u64, dead_gc_ms: u64, now: Millis) -> Node {
@@ -782,6 +811,11 @@ mod tests {
                     }
                     for (to, syn) in out {
                         let from_id = self.nodes[i].as_ref().unwrap().id().clone();
+                        if self.cut.iter().any(|(x, y)| {
+                            (*x == from_id && *y == to) || (*x == to && *y == from_id)
+                        }) {
+                            continue;
+                        }
                         let Some(j) = self.index(&to) else { continue };
                         let Some(ack) = self.nodes[j]
                             .as_mut()
@@ -823,6 +857,7 @@ mod tests {
                 Some(node("b", 1, 60_000, 0)),
                 Some(node("c", 1, 60_000, 0)),
             ],
+            cut: vec![],
         };
         net.run(0, 2_000);
         assert_eq!(net.view_of(0).nodes.len(), 3);
@@ -850,11 +885,100 @@ mod tests {
         }
     }
 
+    /// Four nodes, each a seed of the others (as `weft up` configures
+    /// them), that first met in pairs — {a, c} and {b, d}: the first
+    /// exchanges across were refused while the peers were still starting.
+    /// Each knows one live peer, a seed, of three seeds: it must still
+    /// call the other seeds, or the pairs never meet.
+    #[test]
+    fn nodes_that_are_all_seeds_do_not_stay_split() {
+        let names = ["a", "b", "c", "d"];
+        let ids: Vec<NodeId> = names.iter().map(|n| NodeId::new(*n).unwrap()).collect();
+        let nodes = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut n = node(name, 1, 60_000, 0);
+                n.cfg.seeds = ids
+                    .iter()
+                    .filter(|s| s.as_str() != *name)
+                    .cloned()
+                    .collect();
+                n.rng = Box::new(rand::rngs::StdRng::seed_from_u64(i as u64 + 7));
+                Some(n)
+            })
+            .collect();
+        let across = |x: usize, y: usize| (ids[x].clone(), ids[y].clone());
+        let mut net = Net {
+            nodes,
+            cut: vec![across(0, 1), across(0, 3), across(2, 1), across(2, 3)],
+        };
+        net.run(0, 1_000);
+        assert_eq!(net.view_of(0).nodes.len(), 2, "a knows only c");
+        assert_eq!(net.view_of(1).nodes.len(), 2, "b knows only d");
+        net.cut.clear();
+        net.run(1_050, 4_000);
+        for (i, id) in ids.iter().enumerate() {
+            let v = net.view_of(i);
+            assert_eq!(v.nodes.len(), 4, "{id} knows {:?}", v.nodes.keys());
+            assert_eq!(v.alive().count(), 4, "{id}");
+        }
+    }
+
+    /// The CLI's node (an observer) learns every node's state but is
+    /// never in a peer's view: nothing of it is left when it exits. A
+    /// member in its place is seen by all and lingers, dead, once gone.
+    #[test]
+    fn an_observer_learns_everything_and_leaves_no_trace() {
+        let (b, cli) = (NodeId::new("b").unwrap(), NodeId::new("cli").unwrap());
+        for observer in [true, false] {
+            let mut watcher = node("cli", 1, 60_000, 0);
+            watcher.cfg.observer = observer;
+            let mut net = Net {
+                nodes: vec![
+                    Some(node("a", 1, 60_000, 0)),
+                    Some(node("b", 1, 60_000, 0)),
+                    Some(watcher),
+                ],
+                cut: vec![],
+            };
+            net.nodes[1]
+                .as_mut()
+                .unwrap()
+                .set("io", Value::new(b"42"))
+                .unwrap();
+            net.run(0, 2_000);
+            let seen = net.view_of(2);
+            assert_eq!(
+                seen.nodes.len(),
+                3,
+                "observer {observer}: knows a, b, itself"
+            );
+            assert_eq!(
+                seen.get(&b).and_then(|s| s.get("io")),
+                Some(&Value::new(b"42"))
+            );
+            assert_eq!(seen.availability(&b), Some(Availability::Alive));
+            // The CLI exits; peers gossip on.
+            net.nodes[2] = None;
+            net.run(2_050, 12_000);
+            for i in 0..2 {
+                let at_peer = net.view_of(i).availability(&cli);
+                if observer {
+                    assert_eq!(at_peer, None, "peer {i} heard of the observer");
+                } else {
+                    assert_eq!(at_peer, Some(Availability::Dead), "the control");
+                }
+            }
+        }
+    }
+
     #[test]
     fn deleted_keys_disappear_everywhere() {
         let b = NodeId::new("b").unwrap();
         let mut net = Net {
             nodes: vec![Some(node("a", 1, 60_000, 0)), Some(node("b", 1, 60_000, 0))],
+            cut: vec![],
         };
         let nb = net.nodes[1].as_mut().unwrap();
         nb.set("x", Value::new(b"1")).unwrap();

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -75,9 +75,7 @@ pub struct DriverConfig {
 impl DriverConfig {
     /// Defaults, with this start's generation taken from the wall clock.
     pub fn new(node_id: NodeId, seeds: Vec<Seed>) -> DriverConfig {
-        let generation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64);
+        let generation = crate::env::unix_now_ms().max(1);
         DriverConfig {
             core: Config::new(
                 node_id,
@@ -90,6 +88,15 @@ impl DriverConfig {
             probe_timeout_ms: PROBE_TIMEOUT_MS_DEFAULT,
             probe_payload_bytes: PROBE_PAYLOAD_BYTES_DEFAULT,
         }
+    }
+
+    /// An observer's config (`core::Config::observer`): it learns the
+    /// view through `seeds` and never appears in it. Start it with
+    /// [`Gossip::start_observing`]; it needs no listener.
+    pub fn observer(node_id: NodeId, seeds: Vec<Seed>) -> DriverConfig {
+        let mut cfg = DriverConfig::new(node_id, seeds);
+        cfg.core.observer = true;
+        cfg
     }
 }
 
@@ -165,7 +172,7 @@ impl Gossip {
         role: Role,
         software_version: &str,
     ) -> Result<Gossip, GossipError> {
-        let rng = Box::new(rand::rngs::StdRng::from_os_rng());
+        let rng = Box::new(rand::rngs::StdRng::seed_from_u64(crate::env::random_u64()));
         let mut node = Node::new(cfg.core.clone(), rng, 0);
         node.set_record(keys::ROLE, &role)?;
         node.set_record(keys::SOFTWARE_VERSION, &software_version.to_owned())?;
@@ -214,6 +221,16 @@ impl Gossip {
         Ok(())
     }
 
+    /// Starts the driver of an observer ([`DriverConfig::observer`]): it
+    /// opens every exchange itself, so no peer ever calls it and it needs
+    /// no handler, listener or published address.
+    pub fn start_observing(&self, client: Client) {
+        let task = tokio::spawn(drive(self.shared.clone(), client));
+        if let Some(old) = self.task.lock().replace(task) {
+            old.abort();
+        }
+    }
+
     /// The view, updated whenever it changes (not on heartbeats alone).
     pub fn watch(&self) -> watch::Receiver<Arc<View>> {
         self.shared.view_tx.subscribe()
@@ -231,6 +248,15 @@ impl Gossip {
     /// Publishes a typed record under `key` (see `state::keys`).
     pub fn set_record<T: Serialize>(&self, key: &str, record: &T) -> Result<(), GossipError> {
         self.shared.node.lock().set_record(key, record)?;
+        self.shared.publish_view();
+        Ok(())
+    }
+
+    /// Deletes one of this node's keys (a tombstone that spreads like a
+    /// value, collected after `tombstone_gc_ms`).
+    pub fn delete(&self, key: &str) -> Result<(), GossipError> {
+        let now = self.shared.now();
+        self.shared.node.lock().delete(key, now)?;
         self.shared.publish_view();
         Ok(())
     }

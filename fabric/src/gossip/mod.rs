@@ -13,11 +13,14 @@
 //! - [`message`]: the exchange (`Syn`, `SynAck`, `Ack`) and its limits.
 //! - [`record`]: delta selection and application.
 //! - [`phi`], [`link`]: failure detection and link summaries.
+//! - [`io`]: I/O counters measured where I/O is served and published for
+//!   `weft top`.
 //!
 //! See `docs/gossip.md` for the reasons and the numbers.
 
 pub mod core;
 pub mod driver;
+pub mod io;
 pub mod link;
 pub mod message;
 pub mod phi;
@@ -26,8 +29,9 @@ pub mod state;
 
 pub use self::core::{Config, Millis, Node};
 pub use driver::{DriverConfig, Gossip, GossipRpc, Seed};
+pub use io::{spawn_io_publisher, IoMeter, IoOp, IoPublisher};
 pub use link::ProbeOutcome;
 pub use message::{GossipError, Message};
 pub use state::{
-    Availability, Capacity, LinkState, Location, NodeState, Performance, QosClass, View,
+    Availability, Capacity, IoCounters, LinkState, Location, NodeState, Performance, QosClass, View,
 };

@@ -37,6 +37,12 @@ pub mod keys {
     pub const LOCATION: &str = "location";
     /// `link/<peer node id>`: a [`super::LinkState`].
     pub const LINK_PREFIX: &str = "link/";
+    /// [`super::IoCounters`] of the node's own I/O: chunk I/O served by a
+    /// chunkserver, iSCSI I/O served by a gateway.
+    pub const IO: &str = "io";
+    /// `io/lun/<LUN id>`: [`super::IoCounters`] of one LUN as this gateway
+    /// serves it (`gossip::io::LUN_IO_KEYS_MAX` LUNs at most).
+    pub const IO_LUN_PREFIX: &str = "io/lun/";
 }
 
 /// A key. Shared (`Arc`) because a 1,000-node view holds a million copies
@@ -54,6 +60,11 @@ impl Key {
     /// The link key for `peer`.
     pub fn link(peer: &NodeId) -> Key {
         Key::new(&format!("{}{}", keys::LINK_PREFIX, peer))
+    }
+    /// The I/O key of LUN `lun` (its catalogue id: short, and stable
+    /// across renames).
+    pub fn lun_io(lun: u64) -> Key {
+        Key::new(&format!("{}{}", keys::IO_LUN_PREFIX, lun))
     }
 }
 
@@ -190,6 +201,64 @@ pub struct Performance {
     pub qos_class: QosClass,
 }
 
+/// Cumulative I/O counters since the publishing process started, for
+/// `weft top`. Cumulative rather than rates so that a reader gets exact
+/// rates from any two samples however late gossip delivers them: rate =
+/// Δcounter / Δ`uptime_ms`, both taken by the publisher. A restart (new
+/// generation, or `uptime_ms` going back) starts the counters again.
+///
+/// Encoded size (postcard varints, with the format byte): ≤ 102 bytes,
+/// about 40–50 while a node is busy; published at most once a second and
+/// only while the counters move (`gossip::io`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoCounters {
+    /// The publisher's monotonic clock, in ms since its counters started.
+    pub uptime_ms: u64,
+    pub read_ops: u64,
+    pub read_bytes: u64,
+    /// Sum of the latencies of `read_ops`, in µs (mean = Δ`read_us` / Δ`read_ops`).
+    pub read_us: u64,
+    pub write_ops: u64,
+    pub write_bytes: u64,
+    /// Sum of the latencies of `write_ops`, in µs.
+    pub write_us: u64,
+    /// Operations that are neither (flush, unmap, chunk create/delete…).
+    pub other_ops: u64,
+    /// Operations that failed (not counted above).
+    pub errors: u64,
+    /// 99th percentile of read latency over the publisher's last interval,
+    /// in µs (0 when there was no read). Percentiles do not add up, so it
+    /// is the publisher's, from its own histogram.
+    pub read_us_p99: u32,
+    /// 99th percentile of write latency over the last interval, in µs.
+    pub write_us_p99: u32,
+}
+
+impl IoCounters {
+    /// Whether any counter (not the clock or the percentiles) differs.
+    pub fn counts_differ(&self, other: &IoCounters) -> bool {
+        (
+            self.read_ops,
+            self.read_bytes,
+            self.read_us,
+            self.write_ops,
+            self.write_bytes,
+            self.write_us,
+            self.other_ops,
+            self.errors,
+        ) != (
+            other.read_ops,
+            other.read_bytes,
+            other.read_us,
+            other.write_ops,
+            other.write_bytes,
+            other.write_us,
+            other.other_ops,
+            other.errors,
+        )
+    }
+}
+
 /// Where a node is: failure-domain labels from its config.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Location {
@@ -263,6 +332,20 @@ impl NodeState {
     }
     pub fn location(&self) -> Option<Location> {
         self.record(keys::LOCATION)
+    }
+    /// The node's own I/O counters (see [`keys::IO`]).
+    pub fn io(&self) -> Option<IoCounters> {
+        self.record(keys::IO)
+    }
+    /// Per-LUN I/O counters this node (a gateway) publishes, by LUN id.
+    pub fn lun_io(&self) -> BTreeMap<u64, IoCounters> {
+        self.keys
+            .iter()
+            .filter_map(|(k, (_, v))| {
+                let lun = k.as_str().strip_prefix(keys::IO_LUN_PREFIX)?;
+                Some((lun.parse().ok()?, v.decode_record()?))
+            })
+            .collect()
     }
     /// The link from this node to `peer`.
     pub fn link(&self, peer: &NodeId) -> Option<LinkState> {

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
+use super::transport::Stream;
 use super::{encode_header, Backoff, Connection, Response, RpcConfig, RpcError};
 use crate::identity::NodeId;
 use crate::tls::{self, TlsConfig};
@@ -220,7 +220,7 @@ impl Client {
                 Ok(conn)
             }
             Err(e) => {
-                let delay = slot.backoff.on_failure(rand::random::<f64>());
+                let delay = slot.backoff.on_failure(crate::env::random_f64());
                 slot.retry_at = Some(Instant::now() + delay);
                 slot.last_error = e.to_string();
                 warn!(%node, %addr, error = %e, retry_in_ms = delay.as_millis() as u64,
@@ -239,7 +239,7 @@ impl Client {
         };
         let tcp = match timeout(
             Duration::from_millis(cfg.connect_timeout_ms),
-            TcpStream::connect(addr),
+            Stream::connect(addr),
         )
         .await
         {
@@ -247,7 +247,7 @@ impl Client {
             Ok(Err(e)) => return Err(fail(e.to_string())),
             Ok(Ok(tcp)) => tcp,
         };
-        let _ = tcp.set_nodelay(true);
+        tcp.set_nodelay();
         match &self.inner.connector {
             Connector::Tls(connector) => {
                 let handshake = connector.connect(tls::server_name_for(node), tcp);

@@ -19,6 +19,7 @@ mod client;
 mod conn;
 mod error;
 mod server;
+mod transport;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -238,6 +239,42 @@ impl Router {
                 Response::encode(&resp, payload)
             }
         })
+    }
+
+    /// Runs the handler for `R` in this process, as `peer`: how a node
+    /// calls itself (an extent primary writing the chunk it holds). Same
+    /// role check, handler and deadline as over the network, without the
+    /// socket, the TLS records and the task wake-ups on both sides.
+    pub async fn call_local<R: Rpc>(
+        &self,
+        peer: &PeerIdentity,
+        req: &R::Request,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<(R::Response, Bytes), RpcError> {
+        let kind = R::KIND;
+        let spec = wire::spec(kind).ok_or(RpcError::UnsupportedKind { kind })?;
+        if !spec.allowed.contains(peer.role) {
+            return Err(RpcError::Forbidden(format!(
+                "role {} may not send {}",
+                peer.role, spec.name
+            )));
+        }
+        let handler = self
+            .get(kind)
+            .cloned()
+            .ok_or(RpcError::NoHandler { kind })?;
+        let request = Request {
+            kind,
+            request_id: 0,
+            header: encode_header(req)?,
+            payload,
+            deadline,
+        };
+        let response = tokio::time::timeout_at(deadline, handler(peer.clone(), request))
+            .await
+            .map_err(|_| RpcError::DeadlineExceeded)??;
+        Ok((response.decode()?, response.payload))
     }
 
     pub(crate) fn get(&self, kind: Kind) -> Option<&Handler> {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::{timeout, timeout_at, Instant};
@@ -19,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::conn::{read_frame, write_loop};
+use super::transport::{Listener, Stream};
 use super::{
     Request, Response, Router, RpcConfig, RpcError, READ_BUFFER_BYTES, WRITE_QUEUE_FRAMES,
 };
@@ -90,7 +90,7 @@ impl Server {
         router: Router,
         config: RpcConfig,
     ) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = Listener::bind(addr).await?;
         let acceptor = Acceptor::Tls(TlsAcceptor::from(tls.server_config()));
         Server::start(listener, acceptor, router, config)
     }
@@ -104,12 +104,12 @@ impl Server {
         router: Router,
         config: RpcConfig,
     ) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = Listener::bind(addr).await?;
         Server::start(listener, Acceptor::Plain(assumed_peer), router, config)
     }
 
     fn start(
-        listener: TcpListener,
+        listener: Listener,
         acceptor: Acceptor,
         router: Router,
         config: RpcConfig,
@@ -141,7 +141,7 @@ impl Server {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     acceptor: Acceptor,
     router: Arc<Router>,
     config: Arc<RpcConfig>,
@@ -181,7 +181,7 @@ async fn accept_loop(
 }
 
 async fn handle_connection(
-    tcp: TcpStream,
+    tcp: Stream,
     remote: SocketAddr,
     acceptor: Acceptor,
     router: Arc<Router>,
@@ -190,7 +190,7 @@ async fn handle_connection(
     _permit: OwnedSemaphorePermit,
 ) {
     // Latency matters more than packet count for RPC.
-    let _ = tcp.set_nodelay(true);
+    tcp.set_nodelay();
     match acceptor {
         Acceptor::Tls(acceptor) => {
             let handshake = Duration::from_millis(config.handshake_timeout_ms);

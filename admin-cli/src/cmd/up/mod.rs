@@ -905,7 +905,8 @@ impl Cluster {
         let Some((s, c)) = read_status(fabric).await else {
             return format!("metadata not answering · nodes {cs}/{n} · gw {gw}/{g}{down}");
         };
-        let st = status::status(&s, &c, now_ms());
+        let view = fabric.gossip.view();
+        let st = status::status(&s, &c, Some(&view), now_ms());
         let health = st.health.trim_start_matches("HEALTH_");
         let leader = c
             .leader
@@ -929,7 +930,6 @@ impl Cluster {
             }
             None => String::new(),
         };
-        let view = fabric.gossip.view();
         let (used, total) = self
             .state
             .nodes

@@ -4,14 +4,16 @@
 //! same file (or another TPGT), and initiators log back in to the same
 //! LUN identities.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fabric::gossip::{DriverConfig, Gossip, Seed};
+use fabric::gossip::io::{IO_PUBLISH_INTERVAL_MS_DEFAULT, LUN_IO_KEYS_MAX};
+use fabric::gossip::state::{keys, Key};
+use fabric::gossip::{spawn_io_publisher, DriverConfig, Gossip, IoMeter, Seed};
 use fabric::identity::Role;
 use fabric::metadata::client::MetaClient;
 use fabric::metadata::rpc::{ReadReply, ReadRequest, Summary, WatchReply};
@@ -23,10 +25,11 @@ use iscsi_target::gateway::{Gateway, Target};
 use iscsi_target::login::chap::{ChapConfig, ChapCredentials};
 use iscsi_target::login::TargetAuth;
 use iscsi_target::scsi::{LuConfig, ScsiTarget, ScsiTargetConfig};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::device::ClusterDevice;
+use crate::device::{ClusterDevice, Meters};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,6 +130,41 @@ struct Served {
     /// LUN id → its volume (one per LUN, shared by every mapping).
     volumes: HashMap<u64, Arc<Volume>>,
     targets: HashMap<String, ServedTarget>,
+    io: Io,
+}
+
+/// I/O counters for `weft top`: the gateway's, and one per LUN served
+/// (shared with the publisher, which reads the set every interval).
+#[derive(Clone, Default)]
+struct Io {
+    gateway: Arc<IoMeter>,
+    luns: Arc<Mutex<BTreeMap<u64, Arc<IoMeter>>>>,
+}
+
+impl Io {
+    /// The records to publish: the gateway's under `io`, and those of the
+    /// LUNs that saw I/O under `io/lun/<id>` — the first
+    /// [`LUN_IO_KEYS_MAX`] by id (a gateway's keys are bounded; the
+    /// gateway's own record still counts every LUN).
+    fn sources(&self) -> Vec<(String, Arc<IoMeter>)> {
+        let mut out = vec![(keys::IO.to_string(), self.gateway.clone())];
+        let luns = self.luns.lock();
+        out.extend(
+            luns.iter()
+                .filter(|(_, m)| !m.is_idle())
+                .take(LUN_IO_KEYS_MAX)
+                .map(|(id, m)| (Key::lun_io(*id).as_str().to_string(), m.clone())),
+        );
+        out
+    }
+
+    fn meters(&self, lun: u64) -> Meters {
+        let lun = self.luns.lock().entry(lun).or_default().clone();
+        Meters {
+            lun,
+            gateway: self.gateway.clone(),
+        }
+    }
 }
 
 /// Connects to the cluster and builds the gateway from its catalogue.
@@ -213,15 +251,22 @@ pub async fn start(
         },
         volumes: HashMap::new(),
         targets: HashMap::new(),
+        io: Io::default(),
     };
     served.sync(&gateway, &summary);
+    let io = served.io.clone();
+    let publish_io = spawn_io_publisher(
+        gossip.clone(),
+        Duration::from_millis(IO_PUBLISH_INTERVAL_MS_DEFAULT),
+        move || io.sources(),
+    );
     if summary.targets.is_empty() {
         warn!(
             "the catalogue has no targets yet (weft target create …): they appear as they are made"
         );
     }
     let follow = tokio::spawn(follow(gateway.clone(), served, summary, server, gossip));
-    Ok((gateway, vec![follow]))
+    Ok((gateway, vec![follow, publish_io]))
 }
 
 /// What a volume needs besides its LUN record.
@@ -264,7 +309,7 @@ impl Served {
         let vol = self.volume(lun)?;
         Some(LuConfig {
             lun: u64::from(n),
-            device: Arc::new(ClusterDevice::new(vol)),
+            device: Arc::new(ClusterDevice::new(vol, self.io.meters(lun.id))),
             serial: lun.serial.clone(),
             naa: lun.naa,
             vendor: "WEFT".into(),
@@ -354,6 +399,7 @@ impl Served {
             self.targets.remove(&iqn);
         }
         self.volumes.retain(|id, _| luns.contains_key(id));
+        self.io.luns.lock().retain(|id, _| luns.contains_key(id));
     }
 }
 
