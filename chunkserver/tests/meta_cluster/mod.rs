@@ -24,9 +24,20 @@ pub fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
 }
 
+/// A loopback port no listener holds now and that no other test of this
+/// process was given: tests run in parallel, and the kernel hands a
+/// released port out again (two clusters' nodes on one port).
 pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Proxies between replicas: `links[(i, j)]` carries i's calls to j.
