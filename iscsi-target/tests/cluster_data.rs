@@ -252,10 +252,13 @@ enum Victim {
 /// gateway; the write completes, reads return it, and once the node is
 /// back every extent is whole and consistent.
 async fn kill_during_writes(victim: Victim) {
+    // Long enough that the kill lands inside the stream also when the
+    // cluster writes fast (a whole-row stream runs at a few hundred MB/s).
+    const STREAM: u64 = 240 * MIB;
     let mut c = cluster_with_lun(256 * MIB).await;
     let img = c.dir.path().join("in.img");
     // A first pass places the extents, so the victim can be chosen.
-    let first = random_image(&img, 96 * MIB, 10);
+    let first = random_image(&img, STREAM, 10);
     upload(&c, 0, &img);
     let lun = c.summary().await.luns[0].id;
     let e = c.extent(lun, 0).await.unwrap();
@@ -270,7 +273,7 @@ async fn kill_during_writes(victim: Victim) {
             c.node_index(&ci.leader.unwrap())
         }
     };
-    let data = random_image(&img, 96 * MIB, 11);
+    let data = random_image(&img, STREAM, 11);
     assert_ne!(first, data);
     let url = c.url(0);
     let path = img.display().to_string();
@@ -279,7 +282,7 @@ async fn kill_during_writes(victim: Victim) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         writer.try_wait().unwrap().is_none(),
         "the write stream ended before the kill: the test proves nothing"
@@ -297,7 +300,7 @@ async fn kill_during_writes(victim: Victim) {
         "{victim:?} killed: the stream finished {:?} after the kill",
         started.elapsed()
     );
-    let back = download(&c, 0, 96 * MIB);
+    let back = download(&c, 0, STREAM);
     assert_eq!(
         first_difference(&data, &back),
         None,
@@ -306,7 +309,7 @@ async fn kill_during_writes(victim: Victim) {
     c.nodes[v].start();
     wait_whole(&c, Duration::from_secs(60)).await;
     assert_whole(&c).await;
-    let back = download(&c, 0, 96 * MIB);
+    let back = download(&c, 0, STREAM);
     assert_eq!(
         first_difference(&data, &back),
         None,
