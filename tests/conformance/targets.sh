@@ -28,7 +28,9 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
 	local p i
 	for i in $(seq 1 100); do
-		p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+		# Below Linux's ephemeral range (32768-60999): an outgoing
+		# connection cannot take the port between this check and the bind.
+		p=$((20000 + (RANDOM * 32768 + RANDOM) % 12768))
 		port_open "$p" || { echo "$p"; return 0; }
 	done
 	die "no free port found"
