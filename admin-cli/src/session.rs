@@ -53,6 +53,21 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Joins the fabric as this certificate's node (gossip observer and
+    /// metadata client), for the commands that need the data path or the
+    /// gossiped view.
+    pub async fn fabric(&self) -> CliResult<crate::datapath::Fabric> {
+        crate::datapath::Fabric::start(
+            &self.tls,
+            self.node_id.clone(),
+            self.endpoints.clone(),
+            self.rpc_config(),
+            self.timeout,
+        )
+        .await
+        .map_err(CliError::Failed)
+    }
+
     pub fn open(global: &GlobalArgs) -> CliResult<Prepared> {
         let config_path = find_config(global.config.as_deref())?;
         let config = ClientConfig::load(&config_path)?;

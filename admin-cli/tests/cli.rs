@@ -485,10 +485,9 @@ fn targets(c: &Cluster) {
     );
 }
 
-/// A chunkserver's metadata client (extents are placed and changed by
-/// gateways and chunkservers, not by operators).
-fn node_client(c: &Cluster, rt: &tokio::runtime::Runtime) -> MetaClient {
-    let dir = c.home().join("fixer");
+/// TLS as a chunkserver `id`, with a certificate `weft cert issue` makes.
+fn chunkserver_tls(c: &Cluster, id: &str) -> TlsConfig {
+    let dir = c.home().join(id);
     let o = weft_in(
         c.home(),
         &[],
@@ -498,7 +497,7 @@ fn node_client(c: &Cluster, rt: &tokio::runtime::Runtime) -> MetaClient {
             "--role",
             "chunkserver",
             "--node-id",
-            "fixer",
+            id,
             "--ca-dir",
             c.ca_dir.to_str().unwrap(),
             "--out",
@@ -507,7 +506,13 @@ fn node_client(c: &Cluster, rt: &tokio::runtime::Runtime) -> MetaClient {
         None,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let tls = TlsConfig::new(&NodeCredentials::load(&dir).unwrap()).unwrap();
+    TlsConfig::new(&NodeCredentials::load(&dir).unwrap()).unwrap()
+}
+
+/// A chunkserver's metadata client (extents are placed and changed by
+/// gateways and chunkservers, not by operators).
+fn node_client(c: &Cluster, rt: &tokio::runtime::Runtime) -> MetaClient {
+    let tls = chunkserver_tls(c, "fixer");
     let eps = c
         .nodes
         .iter()
@@ -842,26 +847,7 @@ fn no_cli_left_in_gossip(c: &Cluster) {
         .enable_all()
         .build()
         .unwrap();
-    let dir = c.home().join("watcher");
-    let o = weft_in(
-        c.home(),
-        &[],
-        &[
-            "cert",
-            "issue",
-            "--role",
-            "chunkserver",
-            "--node-id",
-            "watcher",
-            "--ca-dir",
-            c.ca_dir.to_str().unwrap(),
-            "--out",
-            dir.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let tls = TlsConfig::new(&NodeCredentials::load(&dir).unwrap()).unwrap();
+    let tls = chunkserver_tls(c, "watcher");
     let seeds = c
         .nodes
         .iter()

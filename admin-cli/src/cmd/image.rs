@@ -311,15 +311,7 @@ fn runtime() -> CliResult<tokio::runtime::Runtime> {
 /// The LUN's record and its volume client, once gossip gave the
 /// chunkservers' addresses.
 async fn open_volume(p: &Prepared, name: &str) -> CliResult<(Fabric, Lun, Arc<Volume>)> {
-    let fabric = Fabric::start(
-        &p.tls,
-        p.node_id.clone(),
-        p.endpoints.clone(),
-        p.rpc_config(),
-        p.timeout,
-    )
-    .await
-    .map_err(CliError::Failed)?;
+    let fabric = p.fabric().await?;
     let meta_err = |e: MetaClientError| CliError::from_client(e, &p.config_path);
     let lun = match fabric
         .meta

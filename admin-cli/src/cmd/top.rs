@@ -605,15 +605,7 @@ fn print_flush(s: &str) {
 }
 
 async fn top(p: &Prepared, a: TopArgs) -> CliResult<()> {
-    let fabric = Fabric::start(
-        &p.tls,
-        p.node_id.clone(),
-        p.endpoints.clone(),
-        p.rpc_config(),
-        p.timeout,
-    )
-    .await
-    .map_err(CliError::Failed)?;
+    let fabric = p.fabric().await?;
     // The catalogue first: an unreachable cluster is exit 3 at once.
     let mut summary = read_summary(&fabric, p).await?;
     let mut summary_at = Instant::now();

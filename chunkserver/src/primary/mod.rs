@@ -685,22 +685,8 @@ impl Primary {
                 continue;
             }
             if hooked && slot == k {
-                while let Some(res) = set.join_next().await {
-                    match res {
-                        Ok((_, Ok(()))) => {}
-                        Ok((j, Err(err))) => {
-                            warn!(chunk = %Self::chunk_ref(e, j), %err, "chunk write failed");
-                            failed.push(j);
-                        }
-                        Err(err) => return Err(unavailable(err.to_string())),
-                    }
-                }
-                if let Some(CrashPoint::BeforeParity(n)) = self.crash {
-                    if self.journaled.load(Ordering::Relaxed) >= n {
-                        warn!("test hook: aborting after the data chunks, before the parity");
-                        std::process::abort();
-                    }
-                }
+                failed.extend(Self::join_writes(&mut set, e).await?);
+                self.crash_before_parity();
             }
             let req = ChunkWriteRequest {
                 chunk: Self::chunk_ref(e, slot),
@@ -719,6 +705,22 @@ impl Primary {
                 (slot, r.map(|_| ()))
             });
         }
+        failed.extend(Self::join_writes(&mut set, e).await?);
+        if !failed.is_empty() {
+            failed.sort_unstable();
+            self.escalate(held, e).await;
+            *e = self.mark_missing(e, layout, &failed).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the chunk writes in `set`; answers the slots that did
+    /// not take theirs.
+    async fn join_writes(
+        set: &mut JoinSet<(usize, Result<(), RpcError>)>,
+        e: &Extent,
+    ) -> Result<Vec<usize>, RpcError> {
+        let mut failed = Vec::new();
         while let Some(res) = set.join_next().await {
             match res {
                 Ok((_, Ok(()))) => {}
@@ -729,12 +731,17 @@ impl Primary {
                 Err(err) => return Err(unavailable(err.to_string())),
             }
         }
-        if !failed.is_empty() {
-            failed.sort_unstable();
-            self.escalate(held, e).await;
-            *e = self.mark_missing(e, layout, &failed).await?;
+        Ok(failed)
+    }
+
+    /// Test hook `parity:N` (see [`CRASH_POINT_ENV`]).
+    fn crash_before_parity(&self) {
+        if let Some(CrashPoint::BeforeParity(n)) = self.crash {
+            if self.journaled.load(Ordering::Relaxed) >= n {
+                warn!("test hook: aborting after the data chunks, before the parity");
+                std::process::abort();
+            }
         }
-        Ok(())
     }
 
     /// Writes `data` at extent offset `offset`: each touched data chunk
@@ -822,12 +829,7 @@ impl Primary {
                 Err(err) => return Err(unavailable(err.to_string())),
             }
         }
-        if let Some(CrashPoint::BeforeParity(n)) = self.crash {
-            if self.journaled.load(Ordering::Relaxed) >= n {
-                warn!("test hook: aborting after the data chunks, before the parity");
-                std::process::abort();
-            }
-        }
+        self.crash_before_parity();
         // The deltas of the chunks that took the write go into parity
         // before anything else can fail: a chunk that did not take it
         // still holds its old data, so the stripe stays consistent even
