@@ -30,6 +30,8 @@ pub const META_VOTERS_MAX: usize = 7;
 pub const LEASE_MS_DEFAULT: u64 = 6_000;
 /// Raft election timeout (the lower bound; the upper is twice it).
 pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+/// Most runtime worker threads a config may ask for.
+pub const WORKER_THREADS_MAX: usize = 1024;
 
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,67 @@ struct Raw {
     journal: RawJournal,
     #[serde(default)]
     metadata: RawMetadata,
+    #[serde(default)]
+    runtime: RawRuntime,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    #[serde(default)]
+    worker_threads: usize,
+}
+
+/// `[runtime]`: how the process's async runtime is built. Apart from
+/// [`Config`] because it is needed before the runtime starts, and
+/// [`Config`] is what a node (or the simulation) starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Runtime worker threads; 0: tokio's default (one per CPU, or
+    /// `TOKIO_WORKER_THREADS`). Where several weft processes share a few
+    /// cores (`weft up`), 1 costs less CPU per I/O: fewer wake-ups across
+    /// threads (measured in docs/benchmarks.md).
+    pub worker_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// Reads the `[runtime]` table of the chunkserver config at `path`
+    /// (the whole file is parsed, so its errors show here first).
+    pub fn load(path: &Path) -> Result<RuntimeConfig, ConfigError> {
+        let text = read_config(path)?;
+        let raw = parse_raw(&text, path)?;
+        if raw.runtime.worker_threads > WORKER_THREADS_MAX {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key: "runtime.worker_threads",
+                message: format!("at most {WORKER_THREADS_MAX}"),
+            });
+        }
+        Ok(RuntimeConfig {
+            worker_threads: raw.runtime.worker_threads,
+        })
+    }
+}
+
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read)?.len();
+    if len > CONFIG_FILE_BYTES_MAX {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    std::fs::read_to_string(path).map_err(read)
+}
+
+fn parse_raw(text: &str, path: &Path) -> Result<Raw, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -262,17 +325,7 @@ impl Config {
     /// Reads and checks `path`. Relative paths inside are taken relative to
     /// the file's directory, so a config and its data can move together.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let read = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let len = std::fs::metadata(path).map_err(read)?.len();
-        if len > CONFIG_FILE_BYTES_MAX {
-            return Err(ConfigError::TooLarge {
-                path: path.to_owned(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        let text = read_config(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, path, base)
     }
@@ -280,10 +333,7 @@ impl Config {
     /// Parses `text` (named `path` in errors), resolving relative paths
     /// against `base`.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let raw = parse_raw(text, path)?;
         let invalid = |key: &'static str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             key,
@@ -480,6 +530,22 @@ blocks_per_sec = 100
         let c = Config::parse(text, Path::new("chunkserver.toml"), Path::new("/etc/weft")).unwrap();
         assert_eq!(c.store.reserve_bytes, 20 << 30);
         assert_eq!(c.scrub_blocks_per_sec, SCRUB_BLOCKS_PER_SEC_DEFAULT);
+    }
+
+    #[test]
+    fn runtime_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cs.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        assert_eq!(RuntimeConfig::load(&path).unwrap().worker_threads, 0);
+        std::fs::write(&path, format!("{GOOD}\n[runtime]\nworker_threads = 1\n")).unwrap();
+        assert_eq!(RuntimeConfig::load(&path).unwrap().worker_threads, 1);
+        assert!(Config::load(&path).is_ok());
+        std::fs::write(&path, format!("{GOOD}\n[runtime]\nworker_threads = 5000\n")).unwrap();
+        let e = RuntimeConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("runtime.worker_threads"), "{e}");
+        std::fs::write(&path, format!("{GOOD}\n[runtime]\nthreads = 1\n")).unwrap();
+        assert!(RuntimeConfig::load(&path).is_err());
     }
 
     #[test]

@@ -63,8 +63,8 @@ impl Node {
             segment_bytes: SEGMENT_BYTES_DEFAULT,
             bytes_max: cfg.journal_bytes_max,
         };
-        // Inline in the simulation: `Journal::open` then runs its writer as
-        // a task of this runtime rather than a thread.
+        // Inline in the simulation (no blocking pool there); elsewhere the
+        // replay's reads and the directory's fsyncs go to the pool.
         let (journal, replay) = if fabric::env::simulated() {
             Journal::open(journal_cfg)
         } else {
@@ -78,6 +78,7 @@ impl Node {
         let mut router = Router::new();
         let lease = Arc::new(meta::agent::Lease::default());
         let service = ChunkService::new(store.clone());
+        let fences = service.fences();
         // Without metadata (a bare chunk store) there is no lease to honour.
         let service = if cfg.voters.is_empty() {
             service
@@ -176,6 +177,11 @@ impl Node {
                 meta.clone(),
                 cfg.node_id.clone(),
                 lease.clone(),
+                meta::agent::Serving {
+                    store: store.clone(),
+                    fences,
+                    primary: primary.clone(),
+                },
             ));
         }
         if let Some(g) = &gossip {

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use chunkserver::config::{describe_seeds, Config};
+use chunkserver::config::{describe_seeds, Config, RuntimeConfig};
 use chunkserver::node::Node;
 use clap::Parser;
 use fabric::identity::Role;
@@ -58,10 +58,18 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt_cfg = match RuntimeConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weft-chunkserver: error: bad configuration: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if rt_cfg.worker_threads > 0 {
+        builder.worker_threads(rt_cfg.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft-chunkserver: cannot start the runtime: {e}");

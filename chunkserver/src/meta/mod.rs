@@ -329,7 +329,19 @@ impl Meta {
             Leader::Other(p) => Ok(vec![p]),
             // A non-voter, a voter not yet in the group, or one between
             // leaders: any voter that knows better will forward once more.
-            Leader::Unknown => Ok(self.voters.clone()),
+            // Voters gossip holds alive first: one that is stopped (not
+            // dead: it accepts connections) costs a whole forward timeout,
+            // which would outlast a lease renewal.
+            Leader::Unknown => {
+                let mut voters = self.voters.clone();
+                if let Some(view) = &self.view {
+                    let view = view.borrow();
+                    voters.sort_by_key(|(node, _)| {
+                        view.availability(node) != Some(fabric::gossip::Availability::Alive)
+                    });
+                }
+                Ok(voters)
+            }
         }
     }
 

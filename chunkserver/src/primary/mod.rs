@@ -22,7 +22,7 @@
 pub mod codec;
 pub mod lock;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -112,6 +112,10 @@ fn unavailable(detail: impl Into<String>) -> RpcError {
     app(extent_error::UNAVAILABLE, detail)
 }
 
+/// An extent's journal records still to replay: (lun, extent), then
+/// (seq, entry) in journal order.
+type ExtentRecords = ((u64, u64), Vec<(u64, JournalEntry)>);
+
 /// How the primary reaches the holder of one chunk: itself through its
 /// own router (same checks, no socket), or another node over the fabric.
 #[derive(Clone)]
@@ -158,10 +162,16 @@ pub struct Primary {
     inflight: Mutex<BTreeSet<u64>>,
     crash: Option<CrashPoint>,
     journaled: AtomicU64,
-    /// False until the journal left by the last run has been replayed:
-    /// until then some stripes may have parity that disagrees with their
-    /// data, so this node serves no extent.
-    replayed: std::sync::atomic::AtomicBool,
+    /// Extents whose records in the journal left by the last run are not
+    /// replayed yet: until then some of their stripes may have parity that
+    /// disagrees with their data, so this node does not serve them. `None`
+    /// until the journal has been read (no extent is served).
+    replay_pending: Mutex<Option<HashSet<(u64, u64)>>>,
+    /// Writes that failed after their journal record: their rows may have
+    /// parity that disagrees with their data (a chunk that missed a
+    /// full-row write while marking it missing failed too), so the repair
+    /// task reconciles them before the record is retired.
+    unsettled: Mutex<Vec<(u64, JournalEntry)>>,
 }
 
 impl Primary {
@@ -189,8 +199,36 @@ impl Primary {
             inflight: Mutex::new(BTreeSet::new()),
             crash,
             journaled: AtomicU64::new(0),
-            replayed: std::sync::atomic::AtomicBool::new(false),
+            replay_pending: Mutex::new(None),
+            unsettled: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Whether the extent may have rows left unreconciled by the last run
+    /// (true for every extent until the journal has been read).
+    fn replaying(&self, lun: u64, extent: u64) -> bool {
+        self.replay_pending
+            .lock()
+            .as_ref()
+            .is_none_or(|p| p.contains(&(lun, extent)))
+    }
+
+    /// Replaces what this node remembers of extents by `fresh` (read from
+    /// the metadata), dropping those it does not hold: called when the node
+    /// comes back to serving after its lease lapsed, since another holder
+    /// may have taken over or chunks may have been marked missing
+    /// meanwhile. Refreshed rather than dropped, so the data path needs no
+    /// metadata read while the metadata is what was in trouble. (`created`
+    /// stays: it is keyed by epoch, and clearing it would send chunk
+    /// creations to every holder, a stopped one too.)
+    pub fn refresh_cached(&self, fresh: &HashMap<(u64, u64), Extent>) {
+        let mut cached = self.extents.lock();
+        cached.retain(|k, _| fresh.contains_key(k));
+        for (k, e) in cached.iter_mut() {
+            if let Some(f) = fresh.get(k) {
+                e.clone_from(f);
+            }
+        }
     }
 
     pub fn register(self: &Arc<Self>, router: &mut Router) -> Result<(), RouterError> {
@@ -289,7 +327,7 @@ impl Primary {
         if !self.lease.valid(LEASE_MARGIN_MS) {
             return Err(unavailable("this node's lease has lapsed"));
         }
-        if !self.replayed.load(Ordering::Acquire) {
+        if self.replaying(r.lun, r.extent) {
             return Err(unavailable("replaying the write journal"));
         }
         let layout = self.layout(r.lun).await?;
@@ -551,7 +589,8 @@ impl Primary {
         let res = self
             .apply(&mut held, &mut e, &layout, r.offset, &data, r.durability)
             .await;
-        self.retire(seq, res.is_ok()).await;
+        self.settle(seq, &e, r.offset, data.len() as u64, res.is_ok())
+            .await;
         res?;
         Ok((ExtentDone { epoch: e.epoch }, Bytes::new()))
     }
@@ -578,13 +617,46 @@ impl Primary {
         Ok(seq)
     }
 
-    /// Takes `seq` off the in-flight set and trims the journal below the
-    /// oldest write still in flight. A failed write stays in the journal
-    /// (its rows are reconciled at the next start).
-    async fn retire(&self, seq: u64, done: bool) {
-        if !done {
-            return;
+    /// Retires the journal record `seq` of a write to `e` at
+    /// `offset..+len` that is done; a failed one is left to the repair task
+    /// ([`Self::settle_failed`]), which reconciles its rows first.
+    async fn settle(&self, seq: u64, e: &Extent, offset: u64, len: u64, done: bool) {
+        if done {
+            self.retire(seq).await;
+        } else {
+            let entry = JournalEntry {
+                lun: e.lun,
+                extent: e.index,
+                offset,
+                len,
+            };
+            self.unsettled.lock().push((seq, entry));
         }
+    }
+
+    /// Reconciles the rows of writes that failed, and retires their
+    /// records; what cannot be reconciled yet (a data chunk unreachable or
+    /// out of service: until it is back or rebuilt) stays for the next
+    /// round. Recomputing from the data is right whatever failed: each
+    /// data chunk holds the failed write's data or its old data, both
+    /// allowed for a write that was not acknowledged.
+    async fn settle_failed(&self) {
+        let failed = std::mem::take(&mut *self.unsettled.lock());
+        for (seq, entry) in failed {
+            match self.reconcile(&entry).await {
+                Ok(()) => self.retire(seq).await,
+                Err(err) => {
+                    warn!(lun = entry.lun, extent = entry.extent, %err,
+                        "reconciling the rows of a failed write; will retry");
+                    self.unsettled.lock().push((seq, entry));
+                }
+            }
+        }
+    }
+
+    /// Takes `seq` off the in-flight set and trims the journal below the
+    /// oldest write still in flight.
+    async fn retire(&self, seq: u64) {
         let upto = {
             let mut f = self.inflight.lock();
             f.remove(&seq);
@@ -1023,7 +1095,7 @@ impl Primary {
                 let res = self
                     .apply_write(&mut held, &mut e, &layout, pos, &zeros, r.durability)
                     .await;
-                self.retire(seq, res.is_ok()).await;
+                self.settle(seq, &e, pos, n, res.is_ok()).await;
                 res?;
                 pos += n;
             }
@@ -1172,6 +1244,7 @@ impl Primary {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
+                p.settle_failed().await;
                 let mine: Vec<Extent> = p
                     .extents
                     .lock()
@@ -1199,6 +1272,10 @@ impl Primary {
     async fn rebuild(&self, e: &Extent, slot: usize) -> Result<(), RpcError> {
         let layout = self.layout(e.lun).await?;
         let _held = self.lock(e.lun, e.index).exclusive().await;
+        if self.replaying(e.lun, e.index) {
+            // Its parity may disagree with its data until replayed.
+            return Err(unavailable("replaying the write journal"));
+        }
         let e = self.fresh_extent(e.lun, e.index).await?;
         if e.primary_node() != Some(&self.me) || e.chunks.get(slot) == Some(&ChunkState::Ok) {
             return Ok(());
@@ -1267,37 +1344,71 @@ impl Primary {
     }
 
     /// Reconciles the rows of every write left in the journal by a crash:
-    /// parity recomputed from the data chunks. Retries until the metadata
-    /// and the chunks are reachable; then trims.
+    /// parity recomputed from the data chunks, extent by extent, in journal
+    /// order within an extent. An extent is served again as soon as its
+    /// own records are reconciled; one that cannot be yet (a chunk
+    /// unreachable or unreadable) is retried without holding up the others.
     pub fn spawn_replay(self: &Arc<Self>, records: Vec<Record>) {
-        if records.is_empty() {
-            self.replayed.store(true, Ordering::Release);
-            return;
+        let mut todo: Vec<ExtentRecords> = Vec::new();
+        let mut unreadable = Vec::new();
+        for rec in &records {
+            let Ok(entry) = postcard::from_bytes::<JournalEntry>(&rec.payload) else {
+                warn!(seq = rec.seq, "unreadable journal record skipped");
+                unreadable.push(rec.seq);
+                continue;
+            };
+            let key = (entry.lun, entry.extent);
+            match todo.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, list)) => list.push((rec.seq, entry)),
+                None => todo.push((key, vec![(rec.seq, entry)])),
+            }
         }
+        // Live writes trim the journal only below the oldest record in
+        // flight: these are, until they are reconciled.
+        self.inflight.lock().extend(records.iter().map(|r| r.seq));
+        *self.replay_pending.lock() = Some(todo.iter().map(|(k, _)| *k).collect());
         let p = self.clone();
         tokio::spawn(async move {
-            info!(records = records.len(), "replaying the write journal");
-            let mut last = 0;
-            for rec in &records {
-                let Ok(entry) = postcard::from_bytes::<JournalEntry>(&rec.payload) else {
-                    warn!(seq = rec.seq, "unreadable journal record skipped");
-                    continue;
-                };
-                loop {
-                    match p.reconcile(&entry).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            warn!(lun = entry.lun, extent = entry.extent, %e, "journal replay: retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+            for seq in unreadable {
+                p.retire(seq).await;
+            }
+            if todo.is_empty() {
+                return;
+            }
+            info!(
+                records = records.len(),
+                extents = todo.len(),
+                "replaying the write journal"
+            );
+            loop {
+                let mut left = Vec::new();
+                for (key, mut list) in todo {
+                    while let Some((seq, entry)) = list.first() {
+                        match p.reconcile(entry).await {
+                            Ok(()) => {
+                                p.retire(*seq).await;
+                                list.remove(0);
+                            }
+                            Err(e) => {
+                                warn!(lun = key.0, extent = key.1, %e, "journal replay: retrying");
+                                break;
+                            }
                         }
                     }
+                    if list.is_empty() {
+                        if let Some(pending) = p.replay_pending.lock().as_mut() {
+                            pending.remove(&key);
+                        }
+                    } else {
+                        left.push((key, list));
+                    }
                 }
-                last = rec.seq;
+                if left.is_empty() {
+                    break;
+                }
+                todo = left;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            if let Err(e) = p.journal.trim(last).await {
-                warn!(%e, "journal trim after replay failed");
-            }
-            p.replayed.store(true, Ordering::Release);
             info!("journal replayed: data and parity agree");
         });
     }
@@ -1305,45 +1416,60 @@ impl Primary {
     /// Recomputes the parity of the rows `entry` touched.
     async fn reconcile(&self, entry: &JournalEntry) -> Result<(), RpcError> {
         let layout = self.layout(entry.lun).await?;
-        let e = match self
-            .meta
-            .read(
-                ReadRequest::Extent {
-                    lun: entry.lun,
-                    index: entry.extent,
-                },
-                0,
-            )
-            .await
-        {
-            Ok(ReadReply::Extent(Some(e))) => e,
-            Ok(_) => return Ok(()), // deleted since
-            Err(e) => return Err(unavailable(format!("metadata: {e}"))),
-        };
-        if layout.m == 0 || e.primary_node() != Some(&self.me) {
+        if layout.m == 0 {
             return Ok(());
         }
-        let row = layout.row_bytes();
-        let r0 = entry.offset / row;
-        let r1 = (entry.offset + entry.len).div_ceil(row);
-        let (a, b) = (r0 * layout.unit, r1 * layout.unit);
-        let _held = self.lock(e.lun, e.index).exclusive().await;
-        let mut parity = vec![0u8; (b - a) as usize];
-        for j in 0..layout.k as usize {
-            let d = self.read_chunk(&e, j, a, b).await?;
-            codec::xor_into(&mut parity, &d);
-        }
-        let slot = layout.k as usize;
-        let req = ChunkWriteRequest {
-            chunk: Self::chunk_ref(&e, slot),
-            epoch: e.epoch,
-            offset: a,
-            durability: Durability::Stable,
+        let _held = self.lock(entry.lun, entry.extent).exclusive().await;
+        let e = match self.fresh_extent(entry.lun, entry.extent).await {
+            Ok(e) => e,
+            Err(RpcError::Application { code, .. }) if code == extent_error::NOT_ALLOCATED => {
+                return Ok(()); // deleted since
+            }
+            Err(err) => return Err(err),
         };
-        self.call::<ChunkOverwrite>(&e, slot, &req, Bytes::from(parity))
-            .await?;
+        if e.primary_node() != Some(&self.me) {
+            return Ok(());
+        }
+        for (a, b) in parity_columns(&layout, entry.offset, entry.len) {
+            let mut parity = vec![0u8; (b - a) as usize];
+            for j in 0..layout.k as usize {
+                let d = self.read_chunk(&e, j, a, b).await?;
+                codec::xor_into(&mut parity, &d);
+            }
+            let slot = layout.k as usize;
+            let req = ChunkWriteRequest {
+                chunk: Self::chunk_ref(&e, slot),
+                epoch: e.epoch,
+                offset: a,
+                durability: Durability::Stable,
+            };
+            self.call::<ChunkOverwrite>(&e, slot, &req, Bytes::from(parity))
+                .await?;
+        }
         Ok(())
     }
+}
+
+/// The chunk ranges (block aligned, merged) whose parity a write to extent
+/// range `[offset, offset+len)` may have changed: the columns its pieces
+/// fall in, not their whole rows. Reconciling only these needs only these
+/// blocks of the data chunks, so a bad block elsewhere in the row (another
+/// fault) does not stop a replay.
+fn parity_columns(layout: &Layout, offset: u64, len: u64) -> Vec<(u64, u64)> {
+    let mut cols: Vec<(u64, u64)> = layout
+        .pieces(offset, len)
+        .iter()
+        .map(|p| align(p.chunk_off, p.chunk_off + p.len))
+        .collect();
+    cols.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(cols.len());
+    for (a, b) in cols {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
 }
 
 /// The stripe rows `[first, last]` that extent range `[offset, offset+len)`
@@ -1364,4 +1490,32 @@ fn check_range(layout: &Layout, offset: u64, len: u64) -> Result<(), RpcError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parity_columns_are_the_written_columns_not_whole_rows() {
+        // 3+1, 64 KiB units: a row is 192 KiB of the extent.
+        let l = Layout::new(3, 1, 1 << 20, 64 << 10).unwrap();
+        assert_eq!(parity_columns(&l, 0, 4096), vec![(0, 4096)]);
+        // 1 KiB inside chunk 1's first block: that block's column only.
+        assert_eq!(parity_columns(&l, (64 << 10) + 512, 1024), vec![(0, 4096)]);
+        // A whole row: the whole unit column of that row.
+        assert_eq!(parity_columns(&l, 0, 192 << 10), vec![(0, 64 << 10)]);
+        // The end of row 0 (chunk 2) and the start of row 1 (chunk 0).
+        assert_eq!(
+            parity_columns(&l, 188 << 10, 8 << 10),
+            vec![(60 << 10, 68 << 10)]
+        );
+        // Two chunks of one row at different offsets: two columns.
+        assert_eq!(
+            parity_columns(&l, 60 << 10, 8 << 10),
+            vec![(0, 4096), (60 << 10, 64 << 10)]
+        );
+        // Overlapping columns merge.
+        assert_eq!(parity_columns(&l, 4096, 68 << 10), vec![(0, 64 << 10)]);
+    }
 }

@@ -13,6 +13,7 @@
 
 mod capacity;
 mod error;
+pub mod fence;
 pub mod io_stats;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use crate::store::{ChunkId, ChunkInfo, ChunkMeta, ChunkState, ChunkStore, Durabi
 
 pub use capacity::{capacity_of, spawn_capacity_publisher, CAPACITY_INTERVAL_MS_DEFAULT};
 pub use error::{code_name, ChunkError};
+pub use fence::Fences;
 
 impl From<ChunkRef> for ChunkId {
     fn from(c: ChunkRef) -> ChunkId {
@@ -175,6 +177,8 @@ pub struct ChunkService {
     /// a node stops serving when its lease lapses, so a replaced chunk is
     /// never read from its old holder).
     lease: Option<Arc<Lease>>,
+    /// Chunks not served to gateways below an epoch (`fence.rs`).
+    fences: Arc<Fences>,
     /// Every chunk request handled, for `weft top` (`io_stats`).
     io: Arc<IoMeter>,
 }
@@ -198,16 +202,22 @@ fn refuse(kind: Kind, peer: &PeerIdentity, e: ChunkError) -> RpcError {
     e.to_rpc()
 }
 
+/// `route!(router, svc, Rpc, method)` calls `svc.method(req, payload)`;
+/// `route!(router, svc, Rpc, peer => method(&peer))` also hands the
+/// handler the peer (reads: gateways are fenced, `fence.rs`).
 macro_rules! route {
-    ($router:expr, $svc:expr, $rpc:ty, $method:ident) => {{
+    ($router:expr, $svc:expr, $rpc:ty, $method:ident) => {
+        route!($router, $svc, $rpc, peer => $method())
+    };
+    ($router:expr, $svc:expr, $rpc:ty, $peer:ident => $method:ident($($arg:expr)?)) => {{
         let svc = $svc.clone();
-        $router.register::<$rpc, _, _>(move |peer, req, payload| {
+        $router.register::<$rpc, _, _>(move |$peer, req, payload| {
             let svc = svc.clone();
             async move {
                 let started = tokio::time::Instant::now();
                 let request_bytes = payload.len();
-                let served = match svc.check_lease(&peer) {
-                    Ok(()) => svc.$method(req, payload).await,
+                let served = match svc.check_lease(&$peer) {
+                    Ok(()) => svc.$method($($arg,)? req, payload).await,
                     Err(e) => Err(e),
                 };
                 io_stats::count(
@@ -217,7 +227,7 @@ macro_rules! route {
                     &served,
                     started,
                 );
-                served.map_err(|e| refuse(<$rpc as Rpc>::KIND, &peer, e))
+                served.map_err(|e| refuse(<$rpc as Rpc>::KIND, &$peer, e))
             }
         })?;
     }};
@@ -234,6 +244,7 @@ impl ChunkService {
         ChunkService {
             store,
             lease: None,
+            fences: Arc::new(Fences::default()),
             io: Arc::new(IoMeter::new()),
         }
     }
@@ -248,6 +259,11 @@ impl ChunkService {
     pub fn with_lease(mut self, lease: Arc<Lease>) -> ChunkService {
         self.lease = Some(lease);
         self
+    }
+
+    /// The fences this service honours (the lease agent fills them).
+    pub fn fences(&self) -> Arc<Fences> {
+        self.fences.clone()
     }
 
     fn check_lease(&self, peer: &PeerIdentity) -> Result<(), ChunkError> {
@@ -265,7 +281,7 @@ impl ChunkService {
 
     /// Installs a handler for every chunk kind.
     pub fn register(&self, router: &mut Router) -> Result<(), RouterError> {
-        route!(router, self, ChunkRead, read);
+        route!(router, self, ChunkRead, peer => read(&peer));
         route!(router, self, ChunkWrite, write);
         route!(router, self, ChunkOverwrite, overwrite);
         route!(router, self, ChunkApplyDelta, apply_delta);
@@ -282,8 +298,11 @@ impl ChunkService {
         Ok(())
     }
 
-    async fn read(&self, r: ChunkReadRequest, payload: Bytes) -> Answer<Done> {
+    async fn read(&self, peer: &PeerIdentity, r: ChunkReadRequest, payload: Bytes) -> Answer<Done> {
         check_request(ChunkRequest::Read(&r), payload.len())?;
+        if peer.role == Role::Gateway {
+            self.fences.check(r.chunk.into(), r.epoch)?;
+        }
         let data = self
             .store
             .read(r.chunk.into(), r.offset, u64::from(r.len), r.epoch)

@@ -6,7 +6,10 @@
 //! The data path is synchronous underneath: `read_blocking`,
 //! `write_blocking`, `overwrite_blocking`, ... run on the caller's thread
 //! with the caller's buffers; the async methods run the same core once on
-//! tokio's blocking pool.
+//! tokio's blocking pool — or, when the store lives on a memory file system
+//! (tmpfs, ramfs: no device behind it, so no call can wait for a disk), on
+//! the calling task's thread, which saves the hop to the pool and back
+//! (measured in `docs/benchmarks.md`).
 //!
 //! Invariant: no byte of a block is returned unless the block verifies
 //! against its checksum entry and is not marked bad. Boundary: this module
@@ -337,6 +340,9 @@ struct Inner {
     admin: Mutex<()>,
     /// Cleared by `abandon`: drop without the clean-close step.
     close_on_drop: std::sync::atomic::AtomicBool,
+    /// The data directory is on a memory file system: the data path's
+    /// async calls run inline (see [`ChunkStore::data_io`]).
+    memory_backed: bool,
 }
 
 /// The chunk store. Cheap to share behind an `Arc`.
@@ -355,6 +361,27 @@ where
 {
     // Inline inside the deterministic simulation (fabric::env::blocking).
     fabric::env::blocking(f).await.map_err(io_other)?
+}
+
+/// Whether `dir` is on a memory file system (tmpfs, ramfs), where file I/O
+/// is memory copies and never waits for a device. False if unsure.
+fn is_memory_fs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call and
+    // `st` is a properly sized, writable statfs buffer owned by this frame.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; statfs only writes into `st`.
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    magic == TMPFS_MAGIC || magic == RAMFS_MAGIC
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -424,6 +451,11 @@ impl ChunkStore {
         if !opened.was_clean {
             tracing::warn!(chunks = chunks.len(), "chunk store was not closed cleanly");
         }
+        let memory_backed = is_memory_fs(&chunks_dir);
+        tracing::info!(
+            memory_backed,
+            "chunk store opened (memory-backed: data-path calls inline)"
+        );
         Ok(ChunkStore {
             inner: Arc::new(Inner {
                 cfg,
@@ -440,6 +472,7 @@ impl ChunkStore {
                 versions_dirty: Mutex::new(BTreeSet::new()),
                 admin: Mutex::new(()),
                 close_on_drop: std::sync::atomic::AtomicBool::new(true),
+                memory_backed,
             }),
         })
     }
@@ -560,14 +593,31 @@ impl ChunkStore {
         epoch: u64,
         d: Durability,
     ) -> Result<Bytes, StoreError> {
-        let inner = self.inner.clone();
-        blocking(move || {
+        self.data_io(move |inner| {
             let mut delta = Vec::new();
             let out = OldData::Owned(&mut delta);
             inner.mutate(id, offset, &data, Some(out), epoch, d, Mutation::Write)?;
             Ok(Bytes::from(delta))
         })
         .await
+    }
+
+    /// Runs one data-path call (`write`, `apply_delta`, `overwrite`, `read`:
+    /// at most `CHUNK_IO_BYTES_MAX` of memory copies and CRCs) inline on a
+    /// memory file system, else on the blocking pool. Inline it can only
+    /// wait for the chunk's lock, held at most for another such call, or a
+    /// whole-chunk call or scrub step of the same chunk (milliseconds).
+    /// Everything else (create, delete, whole chunks, flush) keeps the pool.
+    async fn data_io<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.inner.memory_backed {
+            return f(&self.inner);
+        }
+        let inner = self.inner.clone();
+        blocking(move || f(&inner)).await
     }
 
     /// `write` on the calling thread: the delta goes to `delta` (as long as
@@ -601,8 +651,8 @@ impl ChunkStore {
         epoch: u64,
         d: Durability,
     ) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        blocking(move || inner.mutate(id, offset, &delta, None, epoch, d, Mutation::Xor)).await
+        self.data_io(move |inner| inner.mutate(id, offset, &delta, None, epoch, d, Mutation::Xor))
+            .await
     }
 
     /// `apply_delta` on the calling thread.
@@ -630,8 +680,10 @@ impl ChunkStore {
         epoch: u64,
         d: Durability,
     ) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        blocking(move || inner.mutate(id, offset, &data, None, epoch, d, Mutation::Overwrite)).await
+        self.data_io(move |inner| {
+            inner.mutate(id, offset, &data, None, epoch, d, Mutation::Overwrite)
+        })
+        .await
     }
 
     /// `overwrite` on the calling thread.
@@ -661,8 +713,8 @@ impl ChunkStore {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let inner = self.inner.clone();
-        blocking(move || inner.read_verified(&chunk, offset, len).map(Bytes::from)).await
+        self.data_io(move |inner| inner.read_verified(&chunk, offset, len).map(Bytes::from))
+            .await
     }
 
     /// `read` of `buf.len()` bytes into `buf`, on the calling thread. On

@@ -291,7 +291,10 @@ struct Harness {
 
 impl Harness {
     fn new(capacity: u64, reserve: u64) -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Harness::new_in(tempfile::tempdir().expect("tempdir"), capacity, reserve)
+    }
+
+    fn new_in(dir: tempfile::TempDir, capacity: u64, reserve: u64) -> Harness {
         let store = ChunkStore::open(cfg(dir.path(), capacity, reserve)).expect("open");
         let model = Model {
             capacity,
@@ -518,6 +521,104 @@ impl Harness {
 }
 
 use Durability::{Buffered, Stable};
+
+/// On tmpfs the data path runs inline (no blocking pool); same results.
+#[tokio::test]
+async fn memory_fs_data_path_inline() {
+    assert!(!is_memory_fs(Path::new("/proc")));
+    let shm = Path::new("/dev/shm");
+    if !is_memory_fs(shm) {
+        eprintln!("no tmpfs at /dev/shm: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+    let mut h = Harness::new_in(dir, 64 * MIB, 0);
+    assert!(h.store().inner.memory_backed);
+    let (off, len) = (8 * B, 3 * B);
+    h.script(vec![
+        (
+            Op::Create {
+                c: 1,
+                size: MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off,
+                len,
+                seed: 1,
+                epoch: 1,
+                d: Buffered,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 16 * B,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Delta {
+                c: 1,
+                off,
+                len,
+                seed: 2,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 0,
+                len: 16 * B,
+                seed: 3,
+                epoch: 1,
+                d: Stable,
+            },
+            "ok",
+        ),
+        (
+            Op::Overwrite {
+                c: 1,
+                off: B,
+                len: B,
+                seed: 4,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 16 * B,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: B,
+                epoch: 0,
+            },
+            "StaleEpoch",
+        ),
+    ])
+    .await;
+    h.check_all().await;
+    h.reopen();
+    h.check_all().await;
+}
 
 #[tokio::test]
 async fn script_basic_ops_and_errors() {

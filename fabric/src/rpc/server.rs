@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -385,18 +386,24 @@ impl Conn<'_> {
             payload: frame.payload,
             deadline,
         };
-        let (tx, active, stats, peer) = (
-            self.tx.clone(),
-            self.active.clone(),
-            self.stats.clone(),
-            peer.clone(),
-        );
+        let mut handling = handler(peer.clone(), request);
+        // A handler that is done when first polled (chunk I/O on a memory
+        // store, cached reads, refusals) is answered from here: no task to
+        // spawn, schedule and wake for it. One that must wait becomes a
+        // task as before (which polls it again, so its wake-ups go there).
+        let first = std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            drop(permit);
+            ServerStats::bump(&self.stats.requests_handled);
+            return self.respond(request_id, kind, result).await;
+        }
+        let (tx, active, stats) = (self.tx.clone(), self.active.clone(), self.stats.clone());
         // Hold the map lock across spawn so the task cannot remove its entry
         // before it is inserted.
         let mut map = self.active.lock();
         let task = tokio::spawn(async move {
             let _permit = permit;
-            let result = match timeout_at(deadline, handler(peer, request)).await {
+            let result = match timeout_at(deadline, handling).await {
                 Ok(result) => result,
                 Err(_) => {
                     ServerStats::bump(&stats.deadlines_exceeded);

@@ -36,7 +36,19 @@ use crate::device::{ClusterDevice, Meters};
 struct Raw {
     gateway: RawGateway,
     cluster: RawCluster,
+    #[serde(default)]
+    runtime: RawRuntime,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    #[serde(default)]
+    worker_threads: usize,
+}
+
+/// Most runtime worker threads a config may ask for.
+pub const WORKER_THREADS_MAX: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +99,10 @@ pub struct ClusterConfig {
     pub cert_dir: PathBuf,
     pub fabric_listen: SocketAddr,
     pub endpoints: Vec<(NodeId, SocketAddr)>,
+    /// `[runtime] worker_threads`; 0: tokio's default (one per CPU, or
+    /// `TOKIO_WORKER_THREADS`). 1 costs less CPU per I/O where several
+    /// weft processes share a few cores (docs/benchmarks.md).
+    pub worker_threads: usize,
 }
 
 impl ClusterConfig {
@@ -104,6 +120,12 @@ impl ClusterConfig {
         if endpoints.is_empty() {
             bail!("{}: cluster.metadata lists no chunkservers", path.display());
         }
+        if raw.runtime.worker_threads > WORKER_THREADS_MAX {
+            bail!(
+                "{}: runtime.worker_threads: at most {WORKER_THREADS_MAX}",
+                path.display()
+            );
+        }
         for p in &raw.gateway.portals {
             p.parse::<SocketAddr>()
                 .with_context(|| format!("portal {p:?} is not ip:port"))?;
@@ -120,6 +142,7 @@ impl ClusterConfig {
             cert_dir,
             fabric_listen: raw.cluster.fabric_listen,
             endpoints,
+            worker_threads: raw.runtime.worker_threads,
         })
     }
 }

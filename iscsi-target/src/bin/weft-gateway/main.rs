@@ -160,19 +160,24 @@ fn main() -> Result<()> {
     } else {
         builder.init();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     if let Some(path) = &args.cluster {
         let mut cfg = cluster::ClusterConfig::load(path)?;
         if !args.portals.is_empty() {
             cfg.portals = args.portals.clone();
         }
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if cfg.worker_threads > 0 {
+            builder.worker_threads(cfg.worker_threads);
+        }
+        let rt = builder.enable_all().build()?;
         return rt.block_on(async {
             let (gateway, _tasks) = cluster::start(&cfg).await?;
             run(&cfg.portals, gateway).await
         });
     }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let cfg = config_from_args(&args)?;
     let gateway = cfg.build().context("configuration")?;
     rt.block_on(run(&cfg.gateway.portals, gateway))
