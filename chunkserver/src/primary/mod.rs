@@ -1276,6 +1276,9 @@ impl Primary {
             // Its parity may disagree with its data until replayed.
             return Err(unavailable("replaying the write journal"));
         }
+        if !self.lease.valid(LEASE_MARGIN_MS) {
+            return Err(unavailable("this node's lease has lapsed"));
+        }
         let e = self.fresh_extent(e.lun, e.index).await?;
         if e.primary_node() != Some(&self.me) || e.chunks.get(slot) == Some(&ChunkState::Ok) {
             return Ok(());
@@ -1420,6 +1423,12 @@ impl Primary {
             return Ok(());
         }
         let _held = self.lock(entry.lun, entry.extent).exclusive().await;
+        // Like every primary action, only under a valid lease: a node back
+        // from a crash replays before it has one, and meanwhile another
+        // holder may take over and write this parity at a newer epoch.
+        if !self.lease.valid(LEASE_MARGIN_MS) {
+            return Err(unavailable("this node's lease has lapsed"));
+        }
         let e = match self.fresh_extent(entry.lun, entry.extent).await {
             Ok(e) => e,
             Err(RpcError::Application { code, .. }) if code == extent_error::NOT_ALLOCATED => {
