@@ -22,7 +22,7 @@
 pub mod codec;
 pub mod lock;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -154,7 +154,7 @@ pub struct Primary {
     /// lapses another holder may have taken over.
     lease: Arc<Lease>,
     locks: Mutex<HashMap<(u64, u64), Arc<ExtentLock>>>,
-    extents: Mutex<HashMap<(u64, u64), Extent>>,
+    extents: Mutex<BTreeMap<(u64, u64), Extent>>,
     layouts: Mutex<HashMap<u64, Layout>>,
     /// Extents whose chunks are known to exist.
     created: Mutex<std::collections::HashSet<(u64, u64, u64)>>,
@@ -193,7 +193,7 @@ impl Primary {
             journal,
             lease,
             locks: Mutex::new(HashMap::new()),
-            extents: Mutex::new(HashMap::new()),
+            extents: Mutex::new(BTreeMap::new()),
             layouts: Mutex::new(HashMap::new()),
             created: Mutex::new(Default::default()),
             inflight: Mutex::new(BTreeSet::new()),

@@ -21,7 +21,7 @@ mod index;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -319,7 +319,7 @@ enum OldData<'a> {
 /// publishes the sequence number it covered.
 struct SyncState {
     /// (last sequence number handed out, chunks written since last sync)
-    dirty: Mutex<(u64, HashMap<ChunkId, Arc<Chunk>>)>,
+    dirty: Mutex<(u64, BTreeMap<ChunkId, Arc<Chunk>>)>,
     synced: AtomicU64,
     /// Held by the caller running the fdatasyncs (a blocking lock: the
     /// data path is synchronous, see `mutate`).
@@ -465,7 +465,7 @@ impl ChunkStore {
                 used_bytes: AtomicU64::new(used),
                 checksum_errors: AtomicU64::new(0),
                 sync: SyncState {
-                    dirty: Mutex::new((0, HashMap::new())),
+                    dirty: Mutex::new((0, BTreeMap::new())),
                     synced: AtomicU64::new(0),
                     leader: Mutex::new(()),
                 },

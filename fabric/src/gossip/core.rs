@@ -3,7 +3,7 @@
 //! probe. No sockets, no clock, no global RNG: the tokio driver and the
 //! simulation feed it the same way.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use rand::RngCore;
 use serde::Serialize;
@@ -135,7 +135,7 @@ pub struct Node {
     cfg: Config,
     rng: Box<dyn RngCore + Send>,
     nodes: BTreeMap<NodeId, Tracked>,
-    forgotten: HashMap<NodeId, Forgotten>,
+    forgotten: BTreeMap<NodeId, Forgotten>,
     outbox: VecDeque<(NodeId, Message)>,
     probes: VecDeque<NodeId>,
     probe_set: Vec<NodeId>,
@@ -175,7 +175,7 @@ impl Node {
         Node {
             rng,
             nodes,
-            forgotten: HashMap::new(),
+            forgotten: BTreeMap::new(),
             outbox: VecDeque::new(),
             probes: VecDeque::new(),
             probe_set: Vec::new(),

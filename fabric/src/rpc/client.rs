@@ -1,7 +1,7 @@
 //! The RPC client: one pooled connection set per peer, bounded in-flight
 //! calls per peer, reconnect with back-off.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,7 +47,7 @@ struct PeerState {
 struct ClientInner {
     connector: Connector,
     config: RpcConfig,
-    peers: Mutex<HashMap<(NodeId, SocketAddr), Arc<PeerState>>>,
+    peers: Mutex<BTreeMap<(NodeId, SocketAddr), Arc<PeerState>>>,
 }
 
 /// Calls peers. Cheap to clone; clones share the connection pool.
@@ -85,7 +85,7 @@ impl Client {
             inner: Arc::new(ClientInner {
                 connector,
                 config,
-                peers: Mutex::new(HashMap::new()),
+                peers: Mutex::new(BTreeMap::new()),
             }),
         }
     }

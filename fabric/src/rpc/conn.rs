@@ -2,7 +2,7 @@
 //! both sides share. Generic over the byte stream: the product only ever
 //! hands it a TLS stream.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -87,7 +87,7 @@ async fn write_frame<W: AsyncWrite + Unpin>(
 type Pending = oneshot::Sender<Result<Frame, RpcError>>;
 
 struct State {
-    pending: HashMap<u64, Pending>,
+    pending: BTreeMap<u64, Pending>,
     /// Why the connection closed, once it has.
     closed: Option<String>,
 }
@@ -106,7 +106,7 @@ impl Inner {
             if st.closed.is_none() {
                 st.closed = Some(reason.clone());
             }
-            st.pending.drain().map(|(_, p)| p).collect()
+            std::mem::take(&mut st.pending).into_values().collect()
         };
         for p in pending {
             let _ = p.send(Err(RpcError::ConnectionClosed(reason.clone())));
@@ -158,7 +158,7 @@ impl Connection {
         let inner = Arc::new(Inner {
             tx,
             state: Mutex::new(State {
-                pending: HashMap::new(),
+                pending: BTreeMap::new(),
                 closed: None,
             }),
             next_id: AtomicU64::new(1),

@@ -1,7 +1,7 @@
 //! The RPC server: a TLS listener, one task per connection, one task per
 //! request. Every refusal is logged with its reason and counted.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -230,7 +230,7 @@ async fn handle_connection(
     }
 }
 
-type Active = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+type Active = Arc<Mutex<BTreeMap<u64, AbortHandle>>>;
 
 /// Serves one authenticated connection until it closes or breaks the
 /// protocol.
@@ -247,7 +247,7 @@ async fn serve_connection<S>(
     let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
     let mut writer = tokio::spawn(write_loop(wr, rx));
-    let active: Active = Arc::new(Mutex::new(HashMap::new()));
+    let active: Active = Arc::new(Mutex::new(BTreeMap::new()));
     let inflight = Arc::new(Semaphore::new(
         config.server_inflight_rpcs_per_connection_max,
     ));
@@ -308,7 +308,8 @@ async fn serve_connection<S>(
     };
     debug!(%remote, %peer, reason, "fabric: server connection closed");
     // The caller is gone: nobody can receive what in-flight handlers return.
-    for (_, h) in active.lock().drain() {
+    let aborted = std::mem::take(&mut *active.lock());
+    for h in aborted.into_values() {
         h.abort();
     }
     writer.abort();

@@ -11,7 +11,7 @@
 //! there, and a read must never return data older than an acknowledged
 //! write.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +91,7 @@ pub struct Volume {
     /// Allocated extents as last seen (never "not allocated": see above).
     extents: Mutex<HashMap<u64, Extent>>,
     /// Extents written since the last flush.
-    dirty: Mutex<HashSet<u64>>,
+    dirty: Mutex<BTreeSet<u64>>,
 }
 
 impl Volume {
@@ -117,7 +117,7 @@ impl Volume {
             view,
             config,
             extents: Mutex::new(HashMap::new()),
-            dirty: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -535,7 +535,9 @@ impl Volume {
 
     /// Makes every write completed so far durable.
     pub async fn flush(&self) -> Result<(), VolumeError> {
-        let dirty: Vec<u64> = self.dirty.lock().drain().collect();
+        let dirty: Vec<u64> = std::mem::take(&mut *self.dirty.lock())
+            .into_iter()
+            .collect();
         for (i, index) in dirty.iter().enumerate() {
             let r = self
                 .via_primary::<ExtentFlush, _>(

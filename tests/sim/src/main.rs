@@ -89,6 +89,7 @@ fn main() -> ExitCode {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
+            .with_timer(SimTime)
             .init();
     }
     let certs = cluster::Certs::generate();
@@ -158,4 +159,16 @@ fn main() -> ExitCode {
         stats.faults
     );
     ExitCode::SUCCESS
+}
+
+/// Log lines carry the simulated time, so two runs of a seed can be diffed.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>9.3}", t.as_secs_f64()),
+            None => write!(w, "{:>9}", "-"),
+        }
+    }
 }
