@@ -55,9 +55,13 @@
 //!   fails): after a failed `fsync` the kernel may have dropped the dirty
 //!   pages, so retrying could report durable what is not. The process must
 //!   restart and replay.
-//! - **Whole segments are deleted on trim**; the trim point is persisted so
-//!   replay never hands back a record the primary already retired (applying
-//!   an old write again after a repair could roll data back). Persisting it
+//! - **Whole segments are deleted on trim**; the trim point is persisted on
+//!   every trim, so replay hands back only records still in flight (each
+//!   replayed record holds its extent out of service until reconciled).
+//!   It is kept in two copies written in turn in place (16 bytes and one
+//!   `fdatasync`): a crash tearing one leaves the trim point before it, so
+//!   at worst the last trim's records are reconciled again, which is
+//!   harmless (reconciling recomputes parity from the data). Persisting it
 //!   lazily (every 256 trims) saved ~12 % of the cluster's CPU per 4 KiB
 //!   write but was not kept: in `weft-sim` the extra replay made seeds fail
 //!   (a node unavailable for its whole replay) and lose determinism
@@ -104,7 +108,12 @@ pub const QUEUE_REQUESTS_MAX: usize = 1024;
 pub const ROLL_ON_TRIM_BYTES_MIN: u64 = 1024 * 1024;
 
 const TRIM_FILE: &str = "trimmed";
-const TRIM_FILE_BYTES: usize = 16;
+/// One copy of the trim point: seq, format version, CRC32C of both.
+const TRIM_SLOT_BYTES: usize = 16;
+/// The trim point file holds two copies, written in turn in place: a write
+/// torn by a crash spoils only the copy being written, and the other holds
+/// the trim point before it (journals of an older build hold one copy).
+const TRIM_FILE_BYTES: usize = 2 * TRIM_SLOT_BYTES;
 
 /// Why a journal call failed.
 #[derive(Debug, thiserror::Error)]
@@ -472,6 +481,10 @@ struct Writer {
     active: Option<File>,
     next_seq: u64,
     trimmed_seq: u64,
+    /// The trim point file, open once it has both copies; and the copy the
+    /// next trim overwrites (the older one).
+    trim_file: Option<File>,
+    trim_slot: u64,
     poisoned: Option<String>,
     syncs: u64,
     appends: u64,
@@ -692,6 +705,8 @@ impl Writer {
             active,
             next_seq,
             trimmed_seq,
+            trim_file: None,
+            trim_slot: 0,
             poisoned: None,
             syncs: 0,
             appends: 0,
@@ -826,7 +841,7 @@ impl Writer {
     }
 
     fn trim_inner(&mut self, upto: u64) -> Result<(), JournalError> {
-        write_trim_point(&self.config.dir, upto)?;
+        self.write_trim_point(upto)?;
         self.trimmed_seq = upto;
         // Close a fully trimmed, sizeable active segment so it can go too.
         if let Some(active) = self.segments.last() {
@@ -854,6 +869,7 @@ impl Writer {
     }
 }
 
+/// The trim point: the newer of the file's intact copies (0 without one).
 fn read_trim_point(dir: &Path) -> Result<u64, JournalError> {
     let path = dir.join(TRIM_FILE);
     let mut buf = Vec::new();
@@ -869,32 +885,67 @@ fn read_trim_point(dir: &Path) -> Result<u64, JournalError> {
         offset: 0,
         reason: reason.into(),
     };
-    if buf.len() != TRIM_FILE_BYTES {
+    if buf.len() != TRIM_FILE_BYTES && buf.len() != TRIM_SLOT_BYTES {
         return Err(bad("trim point file has the wrong size"));
     }
-    let version = be_u32(&buf[8..12]);
-    if crc32c::crc32c(&buf[0..12]) != be_u32(&buf[12..16]) {
-        return Err(bad("trim point CRC mismatch"));
+    let mut newest = None;
+    for slot in buf.chunks_exact(TRIM_SLOT_BYTES) {
+        if crc32c::crc32c(&slot[0..12]) != be_u32(&slot[12..16]) {
+            continue; // torn by a crash while written: the other one holds
+        }
+        let version = be_u32(&slot[8..12]);
+        if version != JOURNAL_FORMAT_VERSION {
+            return Err(JournalError::UnsupportedVersion { path, version });
+        }
+        newest = newest.max(Some(be_u64(&slot[0..8])));
     }
-    if version != JOURNAL_FORMAT_VERSION {
-        return Err(JournalError::UnsupportedVersion { path, version });
-    }
-    Ok(be_u64(&buf[0..8]))
+    newest.ok_or_else(|| bad("trim point CRC mismatch"))
 }
 
-fn write_trim_point(dir: &Path, seq: u64) -> Result<(), JournalError> {
+fn trim_slot(seq: u64) -> [u8; TRIM_SLOT_BYTES] {
+    let mut slot = [0u8; TRIM_SLOT_BYTES];
+    slot[0..8].copy_from_slice(&seq.to_be_bytes());
+    slot[8..12].copy_from_slice(&JOURNAL_FORMAT_VERSION.to_be_bytes());
+    let crc = crc32c::crc32c(&slot[0..12]);
+    slot[12..16].copy_from_slice(&crc.to_be_bytes());
+    slot
+}
+
+/// Writes the trim point file with both copies holding `seq`, atomically
+/// (a temporary file renamed), and opens it for the in-place writes.
+fn make_trim_file(dir: &Path, seq: u64) -> Result<File, JournalError> {
     let path = dir.join(TRIM_FILE);
     let tmp = dir.join(format!("{TRIM_FILE}.tmp"));
-    let mut buf = Vec::with_capacity(TRIM_FILE_BYTES);
-    buf.extend_from_slice(&seq.to_be_bytes());
-    buf.extend_from_slice(&JOURNAL_FORMAT_VERSION.to_be_bytes());
-    let crc = crc32c::crc32c(&buf);
-    buf.extend_from_slice(&crc.to_be_bytes());
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&buf).map_err(io_err(&tmp))?;
+    let slot = trim_slot(seq);
+    f.write_all(&[slot, slot].concat()).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))
+}
+
+impl Writer {
+    /// Persists the trim point: one 16-byte write in place and one
+    /// `fdatasync`, into the older copy. The file is made once, with both
+    /// copies, by writing a temporary file and renaming it; making it on
+    /// every trim cost ~20 µs of a 4 KiB write (create, rename, two syncs).
+    fn write_trim_point(&mut self, seq: u64) -> Result<(), JournalError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.config.dir.join(TRIM_FILE);
+        let f = match &mut self.trim_file {
+            Some(f) => f,
+            none => none.insert(make_trim_file(&self.config.dir, self.trimmed_seq)?),
+        };
+        let at = self.trim_slot * TRIM_SLOT_BYTES as u64;
+        f.write_all_at(&trim_slot(seq), at).map_err(io_err(&path))?;
+        f.sync_data().map_err(io_err(&path))?;
+        self.trim_slot ^= 1;
+        Ok(())
+    }
 }
 
 /// Test helper: the segment files, oldest first.
@@ -1034,6 +1085,48 @@ mod tests {
         });
         let seqs: Vec<u64> = reopen(&cfg).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (n - 9..=n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_torn_trim_point_copy_falls_back_to_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = JournalConfig::new(dir.path());
+        write_records(&cfg, &[10; 20]);
+        rt().block_on(async {
+            let (j, _) = Journal::open(cfg.clone()).unwrap();
+            for seq in [5, 8, 11] {
+                j.trim(seq).await.unwrap();
+            }
+            drop(j);
+        });
+        let path = dir.path().join(TRIM_FILE);
+        let seqs = |cfg: &JournalConfig| -> Vec<u64> {
+            reopen(cfg).unwrap().iter().map(|r| r.seq).collect()
+        };
+        assert_eq!(seqs(&cfg), (12..=20).collect::<Vec<_>>());
+        // 5 went to copy 0, 8 to copy 1, 11 to copy 0 again: tear copy 0
+        // (the write in progress at a crash) and replay starts after 8.
+        let mut data = fs::read(&path).unwrap();
+        assert_eq!(data.len(), TRIM_FILE_BYTES);
+        data[3] ^= 0x40;
+        fs::write(&path, &data).unwrap();
+        assert_eq!(seqs(&cfg), (9..=20).collect::<Vec<_>>());
+        // Both torn: an error, never a guess.
+        data[TRIM_SLOT_BYTES + 3] ^= 0x40;
+        fs::write(&path, &data).unwrap();
+        let e = reopen(&cfg).unwrap_err();
+        assert!(matches!(e, JournalError::Corrupt { .. }), "{e}");
+        // The one-copy file of an older build still reads, and the next
+        // trim makes the two-copy file.
+        fs::write(&path, trim_slot(14)).unwrap();
+        assert_eq!(seqs(&cfg), (15..=20).collect::<Vec<_>>());
+        rt().block_on(async {
+            let (j, _) = Journal::open(cfg.clone()).unwrap();
+            j.trim(16).await.unwrap();
+            j.close().await;
+        });
+        assert_eq!(fs::read(&path).unwrap().len(), TRIM_FILE_BYTES);
+        assert_eq!(seqs(&cfg), (17..=20).collect::<Vec<_>>());
     }
 
     #[test]

@@ -22,7 +22,7 @@
 pub mod codec;
 pub mod lock;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -114,7 +114,8 @@ fn unavailable(detail: impl Into<String>) -> RpcError {
 
 /// An extent's journal records still to replay: (lun, extent), then
 /// (seq, entry) in journal order.
-type ExtentRecords = ((u64, u64), Vec<(u64, JournalEntry)>);
+/// Journal records left by the last run, per extent, oldest first.
+type ExtentRecords = BTreeMap<(u64, u64), VecDeque<(u64, JournalEntry)>>;
 
 /// How the primary reaches the holder of one chunk: itself through its
 /// own router (same checks, no socket), or another node over the fabric.
@@ -1203,6 +1204,19 @@ impl Primary {
                 };
             }
         }
+        // The old primary's chunk and whatever rows it left in doubt are
+        // out with it: with another chunk already out that is more than
+        // the stripe can rebuild, and a new primary could only serve it
+        // wrong. The extent waits for the old primary, which has its
+        // chunk and its journal.
+        let out = chunks.iter().filter(|c| **c != ChunkState::Ok).count();
+        let layout = self.layout(e.lun).await?;
+        if out > layout.m as usize {
+            return Err(unavailable(format!(
+                "{out} chunks of {}/{} would be out without its primary; waiting for it",
+                e.lun, e.index
+            )));
+        }
         let e2 = self
             .propose_extent(Command::UpdateExtent {
                 lun: e.lun,
@@ -1330,7 +1344,7 @@ impl Primary {
                 index: e.index,
                 expected_epoch: e.epoch,
                 nodes: e.nodes.clone(),
-                primary: e.primary,
+                primary: primary_after_rebuild(&layout, e.primary, slot),
                 chunks,
                 now_ms: 0,
             })
@@ -1341,6 +1355,7 @@ impl Primary {
             extent = e.index,
             slot,
             epoch = e2.epoch,
+            primary = %e2.primary_node().map(|n| n.to_string()).unwrap_or_default(),
             "chunk rebuilt and back in service"
         );
         Ok(())
@@ -1352,7 +1367,7 @@ impl Primary {
     /// own records are reconciled; one that cannot be yet (a chunk
     /// unreachable or unreadable) is retried without holding up the others.
     pub fn spawn_replay(self: &Arc<Self>, records: Vec<Record>) {
-        let mut todo: Vec<ExtentRecords> = Vec::new();
+        let mut todo = ExtentRecords::new();
         let mut unreadable = Vec::new();
         for rec in &records {
             let Ok(entry) = postcard::from_bytes::<JournalEntry>(&rec.payload) else {
@@ -1360,16 +1375,14 @@ impl Primary {
                 unreadable.push(rec.seq);
                 continue;
             };
-            let key = (entry.lun, entry.extent);
-            match todo.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, list)) => list.push((rec.seq, entry)),
-                None => todo.push((key, vec![(rec.seq, entry)])),
-            }
+            todo.entry((entry.lun, entry.extent))
+                .or_default()
+                .push_back((rec.seq, entry));
         }
         // Live writes trim the journal only below the oldest record in
         // flight: these are, until they are reconciled.
         self.inflight.lock().extend(records.iter().map(|r| r.seq));
-        *self.replay_pending.lock() = Some(todo.iter().map(|(k, _)| *k).collect());
+        *self.replay_pending.lock() = Some(todo.keys().copied().collect());
         let p = self.clone();
         tokio::spawn(async move {
             for seq in unreadable {
@@ -1384,13 +1397,12 @@ impl Primary {
                 "replaying the write journal"
             );
             loop {
-                let mut left = Vec::new();
-                for (key, mut list) in todo {
-                    while let Some((seq, entry)) = list.first() {
+                for (key, list) in todo.iter_mut() {
+                    while let Some((seq, entry)) = list.front() {
                         match p.reconcile(entry).await {
                             Ok(()) => {
                                 p.retire(*seq).await;
-                                list.remove(0);
+                                list.pop_front();
                             }
                             Err(e) => {
                                 warn!(lun = key.0, extent = key.1, %e, "journal replay: retrying");
@@ -1400,16 +1412,14 @@ impl Primary {
                     }
                     if list.is_empty() {
                         if let Some(pending) = p.replay_pending.lock().as_mut() {
-                            pending.remove(&key);
+                            pending.remove(key);
                         }
-                    } else {
-                        left.push((key, list));
                     }
                 }
-                if left.is_empty() {
+                todo.retain(|_, list| !list.is_empty());
+                if todo.is_empty() {
                     break;
                 }
-                todo = left;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             info!("journal replayed: data and parity agree");
@@ -1481,6 +1491,24 @@ fn parity_columns(layout: &Layout, offset: u64, len: u64) -> Vec<(u64, u64)> {
     merged
 }
 
+/// The primary slot once chunk `rebuilt` is back in service: the parity
+/// holder's again if a data holder had taken over while it was out. A data
+/// holder that is primary takes its own chunk down with it when it crashes,
+/// and leaves the parity of the rows it was writing in doubt: two unknowns
+/// in those columns, which `m = 1` cannot rebuild (a later rebuild from
+/// that parity returned another block's bytes: `weft-sim --seed 258`). The
+/// parity holder's crash leaves only parity in doubt, recomputed from the
+/// data. So a data holder stays primary only while the parity is out, when
+/// its crash is a double fault anyway and the extent waits for it.
+fn primary_after_rebuild(layout: &Layout, primary: u8, rebuilt: usize) -> u8 {
+    let parity = layout.k as usize;
+    if layout.m > 0 && rebuilt == parity && usize::from(primary) < parity {
+        rebuilt as u8
+    } else {
+        primary
+    }
+}
+
 /// The stripe rows `[first, last]` that extent range `[offset, offset+len)`
 /// touches.
 fn rows(layout: &Layout, offset: u64, len: u64) -> (u64, u64) {
@@ -1526,5 +1554,18 @@ mod tests {
         );
         // Overlapping columns merge.
         assert_eq!(parity_columns(&l, 4096, 68 << 10), vec![(0, 64 << 10)]);
+    }
+
+    #[test]
+    fn the_parity_holder_is_primary_again_once_its_chunk_is_rebuilt() {
+        let l = Layout::new(3, 1, 1 << 20, 64 << 10).unwrap();
+        // Data holder 1 took over; parity (slot 3) rebuilt: back to 3.
+        assert_eq!(primary_after_rebuild(&l, 1, 3), 3);
+        // A data chunk rebuilt: the primary stays where it is.
+        assert_eq!(primary_after_rebuild(&l, 1, 0), 1);
+        assert_eq!(primary_after_rebuild(&l, 3, 0), 3);
+        // No parity: nothing to hand back to.
+        let plain = Layout::new(3, 0, 1 << 20, 64 << 10).unwrap();
+        assert_eq!(primary_after_rebuild(&plain, 0, 2), 0);
     }
 }
