@@ -296,13 +296,29 @@ capacity_interval_ms = {CAPACITY_INTERVAL_MS}
 voters = [
 {voters}]
 lease_ms = {LEASE_MS}
+
+[runtime]
+# Every process of weft up shares this machine's cores.
+worker_threads = {threads}
 "#,
         id = me.id,
         addr = me.fabric,
         seeds = endpoints_toml(&seeds),
         capacity = state.capacity_bytes,
         voters = endpoints_toml(&voters),
+        threads = worker_threads(state),
     )
+}
+
+/// Runtime threads for each process of weft up: the machine's cores shared
+/// among its chunkservers and gateways, at least one. Each process taking
+/// one per core (tokio's default) made them contend: with 4 chunkservers
+/// and a gateway on 2 cores, one thread each gave 10–20 % more 4 KiB random
+/// writes for less CPU (`docs/benchmarks.md`).
+pub fn worker_threads(state: &UpState) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let processes = state.nodes.len() + usize::from(state.gateways);
+    (cores / processes.max(1)).max(1)
 }
 
 /// The config of gateway `g` (`weft-gateway --cluster`).
@@ -320,10 +336,15 @@ node_id = "{id}"
 cert_dir = "../certs/{id}"
 metadata = [
 {voters}]
+
+[runtime]
+# Every process of weft up shares this machine's cores.
+worker_threads = {threads}
 "#,
         portal = state.portals()[g],
         tpgt = g + 1,
         voters = endpoints_toml(&voters),
+        threads = worker_threads(state),
     )
 }
 
@@ -464,6 +485,11 @@ mod tests {
         let gw = gateway_toml(&state, 1);
         assert!(gw.contains("portals = [\"127.0.0.1:3261\"]") && gw.contains("tpgt = 2"));
         assert!(toml::from_str::<toml::Value>(&gw).is_ok(), "{gw}");
+        // Six processes share the cores: one thread each up to 11 cores.
+        let threads = format!("worker_threads = {}", worker_threads(&state));
+        assert!(cs.contains(&threads) && gw.contains(&threads), "{cs}{gw}");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(worker_threads(&state), (cores / 6).max(1));
 
         std::fs::write(
             &path,
