@@ -61,7 +61,30 @@ pub fn table_offset(size_bytes: u64) -> u64 {
 }
 
 pub fn file_len(size_bytes: u64) -> u64 {
-    table_offset(size_bytes) + size_bytes / BLOCK_BYTES * CRC_ENTRY_BYTES
+    table_offset(size_bytes) + table_bytes(size_bytes)
+}
+
+/// Bytes of the checksum table of a chunk of `size_bytes`: 1/512 of it.
+pub fn table_bytes(size_bytes: u64) -> u64 {
+    size_bytes / BLOCK_BYTES * CRC_ENTRY_BYTES
+}
+
+/// The whole checksum table, read with one system call (the store's
+/// in-memory copy, see `TableCache` in `mod.rs`).
+pub fn read_table(f: &File, size_bytes: u64) -> io::Result<Box<[u8]>> {
+    let len = usize::try_from(table_bytes(size_bytes))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut t = vec![0u8; len].into_boxed_slice();
+    f.read_exact_at(&mut t, table_offset(size_bytes))?;
+    Ok(t)
+}
+
+/// The on-disk bytes of entries `[first, first + n)` within a whole table;
+/// None if the range is outside it.
+pub fn table_range(first: u64, n: u64) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(first.checked_mul(CRC_ENTRY_BYTES)?).ok()?;
+    let len = usize::try_from(n.checked_mul(CRC_ENTRY_BYTES)?).ok()?;
+    Some(start..start.checked_add(len)?)
 }
 
 /// The checksum entries of one request's blocks, in their on-disk form,
@@ -73,9 +96,7 @@ pub struct Entries {
 }
 
 impl Entries {
-    /// Entries `[first, first + n)` of the chunk file's table.
-    pub fn read(f: &File, size_bytes: u64, first: u64, n: u64) -> io::Result<Entries> {
-        let n = usize::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    fn zeroed(n: usize) -> Entries {
         let mut e = Entries {
             stack: [0; ENTRIES_ON_STACK * CRC_ENTRY_BYTES as usize],
             heap: Vec::new(),
@@ -84,11 +105,29 @@ impl Entries {
         if n > ENTRIES_ON_STACK {
             e.heap = vec![0; n * CRC_ENTRY_BYTES as usize];
         }
+        e
+    }
+
+    /// Entries `[first, first + n)` of the chunk file's table.
+    pub fn read(f: &File, size_bytes: u64, first: u64, n: u64) -> io::Result<Entries> {
+        let n = usize::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut e = Entries::zeroed(n);
         f.read_exact_at(
             e.bytes_mut(),
             table_offset(size_bytes) + first * CRC_ENTRY_BYTES,
         )?;
         Ok(e)
+    }
+
+    /// A copy of entries in their on-disk form (a slice of a cached
+    /// table); None if `bytes` is not a whole number of entries.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Entries> {
+        let (entries, []) = bytes.as_chunks::<{ CRC_ENTRY_BYTES as usize }>() else {
+            return None;
+        };
+        let mut e = Entries::zeroed(entries.len());
+        e.bytes_mut().copy_from_slice(bytes);
+        Some(e)
     }
 
     /// Write them back at `[first, first + n)`.
@@ -99,7 +138,8 @@ impl Entries {
         )
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The entries in their on-disk form.
+    pub fn bytes(&self) -> &[u8] {
         let len = self.n * CRC_ENTRY_BYTES as usize;
         if self.n > ENTRIES_ON_STACK {
             &self.heap[..len]
@@ -141,12 +181,30 @@ impl Entries {
 /// Sums of `data`'s blocks checked against `entries`: indexes (relative to
 /// the range) of the blocks that fail. Allocates only if some fail.
 pub fn verify_entries(data: &[u8], entries: &Entries) -> Vec<u64> {
-    assert_eq!(data.len() as u64, entries.len() as u64 * BLOCK_BYTES);
+    verify_bytes(data, entries.bytes())
+}
+
+/// `verify_entries` against entries in their on-disk form (`entries`
+/// holds one 8-byte entry per 4 KiB block of `data`).
+pub fn verify_bytes(data: &[u8], entries: &[u8]) -> Vec<u64> {
+    assert_eq!(
+        data.len() as u64 / BLOCK_BYTES * CRC_ENTRY_BYTES,
+        entries.len() as u64
+    );
+    let (entries, _) = entries.as_chunks::<{ CRC_ENTRY_BYTES as usize }>();
     data.chunks_exact(BLOCK_BYTES as usize)
+        .zip(entries)
         .enumerate()
-        .filter(|(i, b)| !entries.get(*i).accepts(block_sum(b)))
+        .filter(|(_, (b, e))| !decode(e).accepts(block_sum(b)))
         .map(|(i, _)| i as u64)
         .collect()
+}
+
+fn decode(e: &[u8; CRC_ENTRY_BYTES as usize]) -> Entry {
+    Entry {
+        prev: u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+        cur: u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+    }
 }
 
 /// Replace `v`'s contents with the `len` bytes at `offset`, without

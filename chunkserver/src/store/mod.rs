@@ -21,13 +21,13 @@ mod index;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,12 @@ pub const BLOCK_BYTES: u64 = 4096;
 pub const VERSION_CRASH_BUMP: u64 = 1 << 32;
 /// Blocks the scrubber verifies per read.
 pub const SCRUB_BATCH_BLOCKS: u64 = 256;
+/// Memory for in-memory copies of checksum tables (see [`TableCache`]).
+/// A table is 1/512 of its chunk (8 bytes per 4 KiB block), so 64 MiB holds
+/// the tables of 32 GiB of recently used chunks: the hot set of a node,
+/// not its disk. Chunks beyond it work as before, one `pread` of their
+/// entries per request.
+pub const TABLE_CACHE_BYTES_MAX: u64 = 64 << 20;
 
 /// One node's share of one extent.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
@@ -189,14 +195,26 @@ pub enum StoreError {
     Index(String),
 }
 
+/// The in-memory copy of a chunk's whole checksum table, in its on-disk
+/// form, when cached (see [`TableCache`]).
+type CachedTable = Option<Box<[u8]>>;
+
 /// In-memory state of one open chunk.
 struct Chunk {
     id: ChunkId,
     size_bytes: u64,
     file: File,
     /// Shared by reads, exclusive for mutations: a read sees each block's
-    /// data and checksum entry from the same moment.
-    io: RwLock<()>,
+    /// data and checksum entry from the same moment. It guards the cached
+    /// copy of the checksum table, which is therefore always equal to the
+    /// file's table whenever a holder of the lock looks at it.
+    io: RwLock<CachedTable>,
+    /// Set by every use of the cached table, cleared by the eviction
+    /// clock: the "recently used" bit of [`TableCache`].
+    table_used: AtomicBool,
+    /// Requests that read their entries from the file since the table was
+    /// last loaded or evicted (see [`Chunk::table_wanted`]).
+    table_misses: AtomicU64,
     state: Mutex<ChunkMut>,
 }
 
@@ -222,7 +240,9 @@ impl Chunk {
             id,
             size_bytes,
             file,
-            io: RwLock::new(()),
+            io: RwLock::new(None),
+            table_used: AtomicBool::new(false),
+            table_misses: AtomicU64::new(0),
             state: Mutex::new(ChunkMut {
                 epoch,
                 version,
@@ -279,6 +299,53 @@ impl Chunk {
         Ok(raised)
     }
 
+    fn table_bytes(&self) -> u64 {
+        file::table_bytes(self.size_bytes)
+    }
+
+    /// Whether to load this chunk's table into memory: once the requests
+    /// that read their own entries since the last load or eviction would
+    /// together have read (page by page) as many bytes as the whole table.
+    /// A table is then loaded at most once per `table / 4 KiB` uncached
+    /// requests, so a working set larger than the cache costs at most
+    /// twice the entry reads it costs without one, never a table per
+    /// request.
+    fn table_wanted(&self) -> bool {
+        let table = self.table_bytes();
+        table <= TABLE_CACHE_BYTES_MAX
+            && self.table_misses.load(Ordering::Relaxed) >= (table / BLOCK_BYTES).max(1)
+    }
+
+    /// The cached entries `[first, first + n)`, marking the table used;
+    /// None if the table is not cached.
+    fn cached_entries<'t>(&self, table: &'t CachedTable, first: u64, n: u64) -> Option<&'t [u8]> {
+        let range = file::table_range(first, n)?;
+        let entries = table.as_deref()?.get(range)?;
+        // Load first: the cache line is only written once per clock sweep.
+        if !self.table_used.load(Ordering::Relaxed) {
+            self.table_used.store(true, Ordering::Relaxed);
+        }
+        Some(entries)
+    }
+
+    /// Entries `[first, first + n)` for a mutation: a copy of the cached
+    /// ones, else one `pread` (counted towards loading the table).
+    fn entries_for_update(
+        &self,
+        table: &CachedTable,
+        first: u64,
+        n: u64,
+    ) -> Result<file::Entries, StoreError> {
+        if let Some(e) = self
+            .cached_entries(table, first, n)
+            .and_then(file::Entries::from_bytes)
+        {
+            return Ok(e);
+        }
+        self.table_misses.fetch_add(1, Ordering::Relaxed);
+        Ok(file::Entries::read(&self.file, self.size_bytes, first, n)?)
+    }
+
     fn check_range(&self, offset: u64, len: u64) -> Result<(), StoreError> {
         if !offset.is_multiple_of(BLOCK_BYTES) || !len.is_multiple_of(BLOCK_BYTES) {
             return Err(StoreError::Misaligned { offset, len });
@@ -306,6 +373,15 @@ enum Mutation {
     Overwrite,
 }
 
+/// Where a read takes the checksum entries it verifies against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EntriesFrom {
+    /// The cached table if there is one (requests).
+    CacheOrFile,
+    /// The file, always (the scrubber: what is on disk is what it checks).
+    File,
+}
+
 /// Where a Write mutation reads the old data, which becomes the delta.
 enum OldData<'a> {
     /// The caller's buffer, exactly as long as the data.
@@ -326,6 +402,65 @@ struct SyncState {
     leader: Mutex<()>,
 }
 
+/// Bounded in-memory copies of the checksum tables of recently used
+/// chunks, so that a read or the read half of a mutation needs no system
+/// call for its entries. Write-through: every mutation writes its entries
+/// to the file exactly as without the cache (same calls, same order
+/// relative to the data: the crash-safety argument is unchanged) and then
+/// into the copy; the file stays the truth, and the scrubber reads it.
+/// A table is the chunk's `io` lock's value (see [`Chunk::io`]): it is
+/// read under the shared lock and changed under the exclusive one.
+///
+/// Whole tables, evicted by a clock (second chance: an approximation of
+/// least recently used whose cost on a hit is one relaxed load of a bit
+/// in the chunk). Lock order: a chunk's `io`, then this; eviction only
+/// `try_write`s other chunks' `io` (a chunk busy right now is in use, so
+/// it is skipped like a used one).
+struct TableCache {
+    /// Chunks whose table is cached, in the clock's order (the front is
+    /// the hand). Exactly the chunks whose `io` holds a table.
+    ring: VecDeque<Arc<Chunk>>,
+    /// Sum of the cached tables' sizes; at most `limit_bytes`.
+    bytes: u64,
+    /// `TABLE_CACHE_BYTES_MAX` (tests lower it).
+    limit_bytes: u64,
+}
+
+impl TableCache {
+    /// Evict tables until `need` more bytes fit; false if they cannot
+    /// (the clock went round twice without finding an idle table).
+    fn make_room(&mut self, need: u64) -> bool {
+        let mut turns = 2 * self.ring.len();
+        while self.bytes.saturating_add(need) > self.limit_bytes {
+            if turns == 0 {
+                return false;
+            }
+            turns -= 1;
+            let Some(c) = self.ring.pop_front() else {
+                return false;
+            };
+            if c.table_used.swap(false, Ordering::Relaxed) {
+                self.ring.push_back(c);
+                continue;
+            }
+            let evicted = match c.io.try_write() {
+                Some(mut table) => {
+                    if table.take().is_some() {
+                        self.bytes = self.bytes.saturating_sub(c.table_bytes());
+                    }
+                    c.table_misses.store(0, Ordering::Relaxed);
+                    true
+                }
+                None => false,
+            };
+            if !evicted {
+                self.ring.push_back(c);
+            }
+        }
+        true
+    }
+}
+
 struct Inner {
     cfg: StoreConfig,
     chunks_dir: PathBuf,
@@ -343,6 +478,7 @@ struct Inner {
     /// The data directory is on a memory file system: the data path's
     /// async calls run inline (see [`ChunkStore::data_io`]).
     memory_backed: bool,
+    tables: Mutex<TableCache>,
 }
 
 /// The chunk store. Cheap to share behind an `Arc`.
@@ -473,6 +609,11 @@ impl ChunkStore {
                 admin: Mutex::new(()),
                 close_on_drop: std::sync::atomic::AtomicBool::new(true),
                 memory_backed,
+                tables: Mutex::new(TableCache {
+                    ring: VecDeque::new(),
+                    bytes: 0,
+                    limit_bytes: TABLE_CACHE_BYTES_MAX,
+                }),
             }),
         })
     }
@@ -713,8 +854,12 @@ impl ChunkStore {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        self.data_io(move |inner| inner.read_verified(&chunk, offset, len).map(Bytes::from))
-            .await
+        self.data_io(move |inner| {
+            inner
+                .read_verified(&chunk, offset, len, EntriesFrom::CacheOrFile)
+                .map(Bytes::from)
+        })
+        .await
     }
 
     /// `read` of `buf.len()` bytes into `buf`, on the calling thread. On
@@ -797,8 +942,9 @@ impl ChunkStore {
         let inner = self.inner.clone();
         blocking(move || {
             let _admin = inner.admin.lock();
-            let _io = chunk.io.write();
+            let mut table = chunk.io.write();
             chunk.state.lock().gone = true;
+            inner.drop_table(&chunk, &mut table);
             inner.sync.dirty.lock().1.remove(&id);
             inner.versions_dirty.lock().remove(&id);
             inner.index.apply(&[], &[id])?;
@@ -862,7 +1008,8 @@ impl ChunkStore {
         let chunk = self.get(id)?;
         let inner = self.inner.clone();
         blocking(move || {
-            let data = inner.read_verified(&chunk, 0, chunk.size_bytes)?;
+            let data =
+                inner.read_verified(&chunk, 0, chunk.size_bytes, EntriesFrom::CacheOrFile)?;
             Ok((chunk.info(), Bytes::from(data)))
         })
         .await
@@ -934,7 +1081,7 @@ impl ChunkStore {
             // a crash could leave a renamed file of garbage): always sync.
             f.sync_data()?;
             let prev = inner.chunks.read().get(&id).cloned();
-            let io_guard = prev.as_ref().map(|c| c.io.write());
+            let mut io_guard = prev.as_ref().map(|c| c.io.write());
             let version = match &prev {
                 Some(c) => {
                     let mut s = c.state.lock();
@@ -950,6 +1097,10 @@ impl ChunkStore {
                 }
                 None => 0,
             };
+            if let (Some(c), Some(table)) = (&prev, io_guard.as_mut()) {
+                // The old handle is gone: its table goes with it.
+                inner.drop_table(c, table);
+            }
             std::fs::rename(&tmp, &path)?;
             if d == Durability::Stable || prev.is_none() {
                 sync_dir(&dir)?;
@@ -1030,6 +1181,46 @@ impl ChunkStore {
                 tokio::time::sleep(interval).await;
             }
         })
+    }
+}
+
+/// Test hooks on the table cache.
+#[cfg(test)]
+impl ChunkStore {
+    fn set_table_cache_limit(&self, bytes: u64) {
+        self.inner.tables.lock().limit_bytes = bytes;
+    }
+
+    fn table_cached(&self, id: ChunkId) -> bool {
+        self.get(id).is_ok_and(|c| c.io.read().is_some())
+    }
+
+    /// Check the cache's invariants; returns the bytes cached.
+    fn check_table_cache(&self) -> u64 {
+        // Copied out: the lock order is a chunk's io, then the cache.
+        let (ring, bytes, limit) = {
+            let cache = self.inner.tables.lock();
+            (cache.ring.clone(), cache.bytes, cache.limit_bytes)
+        };
+        let mut sum = 0;
+        for c in &ring {
+            let table = c.io.read();
+            let t = table.as_deref().expect("a chunk in the ring has a table");
+            assert_eq!(t.len() as u64, c.table_bytes());
+            // The copy is exactly the file's table.
+            assert!(*t == *file::read_table(&c.file, c.size_bytes).expect("table"));
+            sum += c.table_bytes();
+        }
+        let ids: BTreeSet<ChunkId> = ring.iter().map(|c| c.id).collect();
+        assert_eq!(ids.len(), ring.len(), "a chunk twice in the ring");
+        assert_eq!(sum, bytes);
+        assert!(bytes <= limit);
+        for c in self.inner.chunks.read().values() {
+            if !ids.contains(&c.id) {
+                assert!(c.io.read().is_none(), "a table outside the ring");
+            }
+        }
+        bytes
     }
 }
 
@@ -1115,13 +1306,14 @@ impl Inner {
         delta: Option<&mut OldData<'_>>,
         m: Mutation,
     ) -> Result<(), StoreError> {
-        let _io = c.io.write();
+        self.load_table_if_wanted(c);
+        let mut table = c.io.write();
         if c.state.lock().gone {
             return Err(StoreError::NotFound(c.id));
         }
         let first = offset / BLOCK_BYTES;
         let n = data.len() as u64 / BLOCK_BYTES;
-        let mut entries = file::Entries::read(&c.file, c.size_bytes, first, n)?;
+        let mut entries = c.entries_for_update(&table, first, n)?;
         // The new contents: `data` itself, or (Xor) old ⊕ data.
         let mut xored;
         let new: &[u8] = match m {
@@ -1198,7 +1390,7 @@ impl Inner {
         }
         // Checksums first, then data: a process dying in between leaves
         // the old data, which still matches `prev`.
-        entries.write(&c.file, c.size_bytes, first)?;
+        self.write_entries(c, &mut table, first, &entries)?;
         c.file.write_all_at(new, offset)?;
         let cleared = {
             let mut s = c.state.lock();
@@ -1232,14 +1424,15 @@ impl Inner {
         if len == 0 {
             return Ok(());
         }
+        self.load_table_if_wanted(&c);
         {
-            let _io = c.io.write();
+            let mut table = c.io.write();
             if c.state.lock().gone {
                 return Err(StoreError::NotFound(c.id));
             }
             let first = offset / BLOCK_BYTES;
             let n = len / BLOCK_BYTES;
-            let mut entries = file::Entries::read(&c.file, c.size_bytes, first, n)?;
+            let mut entries = c.entries_for_update(&table, first, n)?;
             for i in 0..entries.len() {
                 let e = entries.get(i);
                 entries.set(
@@ -1250,7 +1443,7 @@ impl Inner {
                     },
                 );
             }
-            entries.write(&c.file, c.size_bytes, first)?;
+            self.write_entries(&c, &mut table, first, &entries)?;
             file::punch_hole(&c.file, offset, len)?;
             let cleared = {
                 let mut s = c.state.lock();
@@ -1270,6 +1463,74 @@ impl Inner {
             self.sync_through(seq)?;
         }
         Ok(())
+    }
+
+    /// Write a mutation's new entries to the file, then to the cached
+    /// table. If the file write fails, what the file holds is unknown:
+    /// the table is dropped (the next requests read the file).
+    fn write_entries(
+        &self,
+        c: &Chunk,
+        table: &mut CachedTable,
+        first: u64,
+        entries: &file::Entries,
+    ) -> Result<(), StoreError> {
+        if let Err(e) = entries.write(&c.file, c.size_bytes, first) {
+            self.drop_table(c, table);
+            return Err(e.into());
+        }
+        let n = entries.len() as u64;
+        let slot = file::table_range(first, n)
+            .and_then(|r| table.as_deref_mut().and_then(|t| t.get_mut(r)));
+        match slot {
+            Some(slot) => slot.copy_from_slice(entries.bytes()),
+            // Not cached (or, impossibly, a range outside it: never serve
+            // a copy that was not updated).
+            None => self.drop_table(c, table),
+        }
+        Ok(())
+    }
+
+    /// Load the chunk's table into memory if it has been read from the
+    /// file often enough (see [`Chunk::table_wanted`]) and fits. Best
+    /// effort: a table that cannot be read or find room is not cached,
+    /// and the chunk keeps reading its entries from the file.
+    fn load_table_if_wanted(&self, c: &Arc<Chunk>) {
+        if !c.table_wanted() {
+            return;
+        }
+        let mut table = c.io.write();
+        c.table_misses.store(0, Ordering::Relaxed);
+        if table.is_some() || c.state.lock().gone {
+            return;
+        }
+        let loaded = match file::read_table(&c.file, c.size_bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(chunk = %c.id, error = %e, "could not load checksum table");
+                return;
+            }
+        };
+        let mut cache = self.tables.lock();
+        if !cache.make_room(c.table_bytes()) {
+            return;
+        }
+        cache.bytes += c.table_bytes();
+        cache.ring.push_back(c.clone());
+        c.table_used.store(true, Ordering::Relaxed);
+        *table = Some(loaded);
+    }
+
+    /// Forget the chunk's cached table, if any (under its `io` lock held
+    /// exclusively: `table` is its value). Linear in the cached tables:
+    /// only delete, replacement and failed writes come here.
+    fn drop_table(&self, c: &Chunk, table: &mut CachedTable) {
+        if table.take().is_none() {
+            return;
+        }
+        let mut cache = self.tables.lock();
+        cache.ring.retain(|x| !std::ptr::eq(Arc::as_ptr(x), c));
+        cache.bytes = cache.bytes.saturating_sub(c.table_bytes());
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -1351,36 +1612,70 @@ impl Inner {
         }
     }
 
-    /// A new vector of `len` verified bytes at `offset`.
-    fn read_verified(&self, c: &Chunk, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+    /// A new vector of `len` verified bytes at `offset`, verified against
+    /// the entries in the file when `from` says so (the scrubber), else
+    /// against the cached table if there is one.
+    fn read_verified(
+        &self,
+        c: &Arc<Chunk>,
+        offset: u64,
+        len: u64,
+        from: EntriesFrom,
+    ) -> Result<Vec<u8>, StoreError> {
         let len = usize::try_from(len).map_err(io_other)?;
         let mut buf = Vec::new();
-        let _io = c.io.read();
+        if from == EntriesFrom::CacheOrFile {
+            self.load_table_if_wanted(c);
+        }
+        let table = c.io.read();
         file::read_to_vec(&c.file, &mut buf, len, offset)?;
         // On error `buf` is dropped here: its bytes never leave.
-        self.verify_locked(c, offset, &buf)?;
+        self.verify_locked(c, &table, offset, &buf, from)?;
         Ok(buf)
     }
 
     /// Fill `buf` from `offset` and verify every block against its entry
     /// (and the bad marks). On error `buf` holds unverified bytes: the
     /// caller zeroes it.
-    fn read_verified_into(&self, c: &Chunk, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
-        let _io = c.io.read();
+    fn read_verified_into(
+        &self,
+        c: &Arc<Chunk>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StoreError> {
+        self.load_table_if_wanted(c);
+        let table = c.io.read();
         c.file.read_exact_at(buf, offset)?;
-        self.verify_locked(c, offset, buf)
+        self.verify_locked(c, &table, offset, buf, EntriesFrom::CacheOrFile)
     }
 
     /// Verify `buf`, just read at `offset`, under the chunk's io lock
-    /// (held by the caller, shared or exclusive).
-    fn verify_locked(&self, c: &Chunk, offset: u64, buf: &[u8]) -> Result<(), StoreError> {
+    /// (held by the caller, shared or exclusive; `table` is its value).
+    fn verify_locked(
+        &self,
+        c: &Chunk,
+        table: &CachedTable,
+        offset: u64,
+        buf: &[u8],
+        from: EntriesFrom,
+    ) -> Result<(), StoreError> {
         let first = offset / BLOCK_BYTES;
         let n = buf.len() as u64 / BLOCK_BYTES;
-        let entries = file::Entries::read(&c.file, c.size_bytes, first, n)?;
-        let mut bad: Vec<u64> = file::verify_entries(buf, &entries)
-            .into_iter()
-            .map(|b| b + first)
-            .collect();
+        let cached = match from {
+            EntriesFrom::CacheOrFile => c.cached_entries(table, first, n),
+            EntriesFrom::File => None,
+        };
+        let bad = match cached {
+            Some(entries) => file::verify_bytes(buf, entries),
+            None => {
+                if from == EntriesFrom::CacheOrFile {
+                    c.table_misses.fetch_add(1, Ordering::Relaxed);
+                }
+                let entries = file::Entries::read(&c.file, c.size_bytes, first, n)?;
+                file::verify_entries(buf, &entries)
+            }
+        };
+        let mut bad: Vec<u64> = bad.into_iter().map(|b| b + first).collect();
         // Under the io lock `gone` cannot change: checked once, after.
         let known: Vec<u64> = {
             let s = c.state.lock();
@@ -1404,8 +1699,11 @@ impl Inner {
         })
     }
 
-    fn scrub_range(&self, c: &Chunk, first: u64, n: u64) -> Result<Vec<u64>, StoreError> {
-        match self.read_verified(c, first * BLOCK_BYTES, n * BLOCK_BYTES) {
+    /// Verify blocks `[first, first + n)` against the file's entries, not
+    /// the cached table: the scrubber checks what is on disk, the table
+    /// included.
+    fn scrub_range(&self, c: &Arc<Chunk>, first: u64, n: u64) -> Result<Vec<u64>, StoreError> {
+        match self.read_verified(c, first * BLOCK_BYTES, n * BLOCK_BYTES, EntriesFrom::File) {
             Ok(_) => Ok(Vec::new()),
             Err(StoreError::Checksum { blocks, .. }) => Ok(blocks),
             Err(StoreError::NotFound(_)) => Ok(Vec::new()),

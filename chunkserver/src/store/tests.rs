@@ -503,6 +503,7 @@ impl Harness {
             assert_eq!(info.state, ChunkState::Ok);
         }
         assert_eq!(self.store().stats().used_bytes, self.model.used());
+        self.store().check_table_cache();
     }
 
     /// Run a script of (op, expected outcome).
@@ -1532,14 +1533,18 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     #[test]
-    fn random_ops_match_the_model(ops in proptest::collection::vec(op_strategy(), 1..40), reopen_at in 0usize..40) {
+    fn random_ops_match_the_model(ops in proptest::collection::vec(op_strategy(), 1..40), reopen_at in 0usize..40, tiny_cache in any::<bool>()) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         rt.block_on(async {
             // Capacity of 2.5 chunks of 16 blocks: creates sometimes hit Full.
             let mut h = Harness::new(40 * B, 0);
+            // Room for one table of 16 blocks: every other chunk evicts it.
+            let tables = |h: &Harness| if tiny_cache { h.store().set_table_cache_limit(16 * CRC_ENTRY_BYTES) };
+            tables(&h);
             for (i, op) in ops.into_iter().enumerate() {
                 if i == reopen_at {
                     h.reopen();
+                    tables(&h);
                 }
                 h.step(op).await;
             }
@@ -1548,4 +1553,403 @@ proptest! {
             h.check_all().await;
         });
     }
+}
+
+/// Two writes of blocks 0..8 (so every entry's `prev` and `cur` are both
+/// non-zero), then a read that loads the chunk's table into memory.
+async fn cached_chunk(h: &mut Harness) {
+    for seed in [1, 2] {
+        h.step(Op::Write {
+            c: 1,
+            off: 0,
+            len: 8 * B,
+            seed,
+            epoch: 1,
+            d: Buffered,
+        })
+        .await;
+    }
+    assert_eq!(
+        h.step(Op::Read {
+            c: 1,
+            off: 0,
+            len: 8 * B,
+            epoch: 1
+        })
+        .await,
+        "ok"
+    );
+    assert!(h.store().table_cached(id(1)), "the table was not loaded");
+}
+
+fn new_cached_harness() -> Harness {
+    Harness::new(64 * MIB, 0)
+}
+
+/// With the chunk's table in memory, data flipped on disk still fails
+/// reads and delta writes (the bytes are read from the file, the entries
+/// from the copy), and nothing is handed out.
+#[tokio::test]
+async fn cached_table_still_catches_flipped_data() {
+    let mut h = new_cached_harness();
+    h.step(Op::Create {
+        c: 1,
+        size: MIB,
+        epoch: 1,
+    })
+    .await;
+    cached_chunk(&mut h).await;
+    flip_bit(&h.chunk_path(1), 3 * B + 9);
+    let s = h.store();
+    let mut buf = vec![0xeeu8; (8 * B) as usize];
+    match s.read_blocking(id(1), 0, &mut buf, 1) {
+        Err(StoreError::Checksum { blocks, .. }) => assert_eq!(blocks, vec![3]),
+        other => panic!("expected Checksum, got {other:?}"),
+    }
+    assert!(buf.iter().all(|b| *b == 0));
+    assert!(matches!(
+        s.write(id(1), 3 * B, pat(5, B), 1, Buffered).await,
+        Err(StoreError::Checksum { .. })
+    ));
+    // Another block, not yet marked: found by the read itself.
+    flip_bit(&h.chunk_path(1), 6 * B);
+    match s.read(id(1), 6 * B, B, 1).await {
+        Err(StoreError::Checksum { blocks, .. }) => assert_eq!(blocks, vec![6]),
+        other => panic!("expected Checksum, got {other:?}"),
+    }
+    assert!(s.table_cached(id(1)));
+    s.check_table_cache();
+}
+
+/// Every mutation updates the copy: punch (whose new entry `{cur, 0}` is
+/// not accepted by the stale `{prev, cur}`), overwrite, delta, write.
+#[tokio::test]
+async fn cached_table_follows_every_mutation() {
+    let mut h = new_cached_harness();
+    h.step(Op::Create {
+        c: 1,
+        size: MIB,
+        epoch: 1,
+    })
+    .await;
+    cached_chunk(&mut h).await;
+    h.script(vec![
+        (
+            Op::Punch {
+                c: 1,
+                off: 2 * B,
+                len: 2 * B,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 8 * B,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Overwrite {
+                c: 1,
+                off: 0,
+                len: B,
+                seed: 3,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Overwrite {
+                c: 1,
+                off: 0,
+                len: B,
+                seed: 4,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 8 * B,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Delta {
+                c: 1,
+                off: 4 * B,
+                len: 2 * B,
+                seed: 5,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Delta {
+                c: 1,
+                off: 4 * B,
+                len: 2 * B,
+                seed: 6,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 7 * B,
+                len: B,
+                seed: 7,
+                epoch: 2,
+                d: Stable,
+            },
+            "ok",
+        ),
+        (
+            Op::Write {
+                c: 1,
+                off: 7 * B,
+                len: B,
+                seed: 8,
+                epoch: 2,
+                d: Stable,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 8 * B,
+                epoch: 2,
+            },
+            "ok",
+        ),
+        (
+            Op::Punch {
+                c: 1,
+                off: 0,
+                len: MIB,
+                epoch: 2,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: MIB,
+                epoch: 2,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    assert!(h.store().table_cached(id(1)));
+}
+
+/// Delete and write_whole drop the old table (and its bytes); the chunk
+/// that takes the id starts uncached and reads its own entries.
+#[tokio::test]
+async fn cached_table_goes_with_delete_and_write_whole() {
+    let mut h = new_cached_harness();
+    h.step(Op::Create {
+        c: 1,
+        size: MIB,
+        epoch: 1,
+    })
+    .await;
+    cached_chunk(&mut h).await;
+    assert_eq!(h.store().check_table_cache(), 2 * 1024);
+    h.script(vec![
+        (
+            Op::WriteWhole {
+                c: 1,
+                size: 2 * MIB,
+                len: 8 * B,
+                seed: 9,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 16 * B,
+                epoch: 1,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    // The new chunk's table (4 KiB) was loaded by the read, the old one is gone.
+    assert_eq!(h.store().check_table_cache(), 4 * 1024);
+    h.script(vec![
+        (Op::Delete { c: 1 }, "ok"),
+        (
+            Op::Create {
+                c: 1,
+                size: MIB,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Read {
+                c: 1,
+                off: 0,
+                len: 8 * B,
+                epoch: 1,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    assert_eq!(h.store().check_table_cache(), 2 * 1024);
+    h.step(Op::Delete { c: 1 }).await;
+    assert_eq!(h.store().check_table_cache(), 0);
+}
+
+/// The scrubber verifies against the file's table, not the copy: a flip in
+/// the table on disk is found (and then never served) although reads
+/// against the copy would pass.
+#[tokio::test]
+async fn scrubber_checks_the_table_on_disk() {
+    let mut h = new_cached_harness();
+    h.step(Op::Create {
+        c: 1,
+        size: MIB,
+        epoch: 1,
+    })
+    .await;
+    cached_chunk(&mut h).await;
+    // Block 5's `cur` (its data was written with seed 2; `prev` is seed 1).
+    flip_bit(
+        &h.chunk_path(1),
+        file::table_offset(MIB) + 5 * CRC_ENTRY_BYTES + 4,
+    );
+    let s = h.store();
+    assert_eq!(s.read(id(1), 5 * B, B, 1).await.expect("copy"), pat(2, B));
+    let report = s.scrub_once(0).await.expect("scrub");
+    assert_eq!(report.bad, vec![(id(1), vec![5])]);
+    assert!(matches!(
+        s.read(id(1), 5 * B, B, 1).await,
+        Err(StoreError::Checksum { .. })
+    ));
+    // Overwrite repairs: it writes a new entry to the file and the copy.
+    s.overwrite(id(1), 5 * B, pat(3, B), 1, Buffered)
+        .await
+        .expect("repair");
+    assert_eq!(s.read(id(1), 5 * B, B, 1).await.expect("read"), pat(3, B));
+    assert!(s.scrub_once(0).await.expect("scrub").bad.is_empty());
+    s.check_table_cache();
+}
+
+/// Writes through a cached table are in the file: after a kill (no clean
+/// close) and a reopen, which starts with no table in memory, they read
+/// back, and flipped data is still caught.
+#[tokio::test]
+async fn reopen_after_writes_through_a_cached_table() {
+    let mut h = new_cached_harness();
+    h.step(Op::Create {
+        c: 1,
+        size: MIB,
+        epoch: 1,
+    })
+    .await;
+    cached_chunk(&mut h).await;
+    h.script(vec![
+        (
+            Op::Overwrite {
+                c: 1,
+                off: B,
+                len: 2 * B,
+                seed: 3,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Delta {
+                c: 1,
+                off: 4 * B,
+                len: B,
+                seed: 4,
+                epoch: 1,
+            },
+            "ok",
+        ),
+        (
+            Op::Punch {
+                c: 1,
+                off: 6 * B,
+                len: B,
+                epoch: 1,
+            },
+            "ok",
+        ),
+    ])
+    .await;
+    h.store.take().expect("store").abandon();
+    h.reopen();
+    assert!(!h.store().table_cached(id(1)));
+    h.check_all().await;
+    flip_bit(&h.chunk_path(1), B);
+    assert!(matches!(
+        h.store().read(id(1), 0, 8 * B, 1).await,
+        Err(StoreError::Checksum { .. })
+    ));
+}
+
+/// Memory stays within the limit: with room for two tables, four chunks
+/// used in turn evict one another, and every answer stays right.
+#[tokio::test]
+async fn table_cache_is_bounded() {
+    let mut h = new_cached_harness();
+    h.store().set_table_cache_limit(2 * 2 * 1024);
+    for c in 1..=4 {
+        h.step(Op::Create {
+            c,
+            size: MIB,
+            epoch: 1,
+        })
+        .await;
+    }
+    for round in 0..6u8 {
+        for c in 1..=4 {
+            let off = u64::from(round) * B;
+            let seed = round * 4 + c as u8;
+            let write = Op::Write {
+                c,
+                off,
+                len: B,
+                seed,
+                epoch: 1,
+                d: Buffered,
+            };
+            assert_eq!(h.step(write).await, "ok");
+            assert_eq!(
+                h.step(Op::Read {
+                    c,
+                    off: 0,
+                    len: 8 * B,
+                    epoch: 1
+                })
+                .await,
+                "ok"
+            );
+            assert!(h.store().check_table_cache() <= 2 * 2 * 1024);
+        }
+    }
+    let cached = (1..=4).filter(|c| h.store().table_cached(id(*c))).count();
+    assert_eq!(cached, 2);
+    h.check_all().await;
 }
