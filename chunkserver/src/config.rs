@@ -128,8 +128,9 @@ struct RawRuntime {
 pub struct RuntimeConfig {
     /// Runtime worker threads; 0: tokio's default (one per CPU, or
     /// `TOKIO_WORKER_THREADS`). Where several weft processes share a few
-    /// cores (`weft up`), 1 costs less CPU per I/O: fewer wake-ups across
-    /// threads (measured in docs/benchmarks.md).
+    /// cores (`weft up`), 1 costs less CPU per I/O: with 1 the process
+    /// runs on tokio's current-thread runtime, its main thread alone, so
+    /// no wake-up crosses threads (measured in docs/benchmarks.md).
     pub worker_threads: usize,
 }
 

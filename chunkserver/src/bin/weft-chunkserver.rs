@@ -65,10 +65,16 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if rt_cfg.worker_threads > 0 {
-        builder.worker_threads(rt_cfg.worker_threads);
-    }
+    let mut builder = match rt_cfg.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

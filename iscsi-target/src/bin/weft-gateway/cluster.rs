@@ -101,7 +101,8 @@ pub struct ClusterConfig {
     pub endpoints: Vec<(NodeId, SocketAddr)>,
     /// `[runtime] worker_threads`; 0: tokio's default (one per CPU, or
     /// `TOKIO_WORKER_THREADS`). 1 costs less CPU per I/O where several
-    /// weft processes share a few cores (docs/benchmarks.md).
+    /// weft processes share a few cores: with 1 the gateway runs on
+    /// tokio's current-thread runtime (docs/benchmarks.md).
     pub worker_threads: usize,
 }
 

@@ -165,10 +165,16 @@ fn main() -> Result<()> {
         if !args.portals.is_empty() {
             cfg.portals = args.portals.clone();
         }
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if cfg.worker_threads > 0 {
-            builder.worker_threads(cfg.worker_threads);
-        }
+        let mut builder = match cfg.worker_threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            n => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if n > 0 {
+                    b.worker_threads(n);
+                }
+                b
+            }
+        };
         let rt = builder.enable_all().build()?;
         return rt.block_on(async {
             let (gateway, _tasks) = cluster::start(&cfg).await?;
