@@ -84,3 +84,21 @@ thread_local! {
 pub fn reseed(seed: u64) {
     SIM_RNG.with(|s| s.set(seed));
 }
+
+/// The async runtime of a weft process with `[runtime] worker_threads`:
+/// 0 is tokio's default (a thread per CPU, or `TOKIO_WORKER_THREADS`); 1
+/// is tokio's current-thread runtime, everything on the calling thread,
+/// so no wake-up crosses threads (where several weft processes share a few
+/// cores this cost ~9 % less CPU per write than one worker of the
+/// multi-thread runtime: `docs/benchmarks.md`); more is that many workers.
+pub fn runtime_builder(worker_threads: usize) -> tokio::runtime::Builder {
+    let mut b = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if worker_threads > 1 {
+        b.worker_threads(worker_threads);
+    }
+    b.enable_all();
+    b
+}

@@ -65,17 +65,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let mut builder = match rt_cfg.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 0 {
-                b.worker_threads(n);
-            }
-            b
-        }
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match fabric::env::runtime_builder(rt_cfg.worker_threads).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft-chunkserver: cannot start the runtime: {e}");

@@ -165,17 +165,7 @@ fn main() -> Result<()> {
         if !args.portals.is_empty() {
             cfg.portals = args.portals.clone();
         }
-        let mut builder = match cfg.worker_threads {
-            1 => tokio::runtime::Builder::new_current_thread(),
-            n => {
-                let mut b = tokio::runtime::Builder::new_multi_thread();
-                if n > 0 {
-                    b.worker_threads(n);
-                }
-                b
-            }
-        };
-        let rt = builder.enable_all().build()?;
+        let rt = fabric::env::runtime_builder(cfg.worker_threads).build()?;
         return rt.block_on(async {
             let (gateway, _tasks) = cluster::start(&cfg).await?;
             run(&cfg.portals, gateway).await
