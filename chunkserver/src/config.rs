@@ -22,6 +22,12 @@ pub const CHUNK_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 pub const SCRUB_BLOCKS_PER_SEC_DEFAULT: u64 = 2_560;
 /// Pause between scrub passes by default (one day).
 pub const SCRUB_INTERVAL_SECS_DEFAULT: u64 = 86_400;
+/// How long a chunk's holder may stay away before its chunks are rebuilt
+/// on other nodes, by default (Ceph's `mon_osd_down_out_interval` and
+/// Longhorn's replica replenishment wait are also ten minutes): long
+/// enough for a reboot, short enough that a second failure rarely lands
+/// while a stripe is degraded.
+pub const REPLACE_AFTER_SECS_DEFAULT: u64 = 600;
 /// Largest config file read, in bytes (it is a few lines).
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Metadata replicas at most (Raft voters): 3 or 5 is the sane range.
@@ -112,6 +118,27 @@ struct Raw {
     metadata: RawMetadata,
     #[serde(default)]
     runtime: RawRuntime,
+    #[serde(default)]
+    repair: RawRepair,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepair {
+    #[serde(default = "replace_after")]
+    replace_after_secs: u64,
+}
+
+impl Default for RawRepair {
+    fn default() -> Self {
+        RawRepair {
+            replace_after_secs: replace_after(),
+        }
+    }
+}
+
+fn replace_after() -> u64 {
+    REPLACE_AFTER_SECS_DEFAULT
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -320,6 +347,9 @@ pub struct Config {
     pub meta_dir: PathBuf,
     pub lease_ms: u64,
     pub election_timeout_ms: u64,
+    /// A missing chunk whose holder has been away this long is rebuilt on
+    /// another node; 0: never (only on its holder, once back).
+    pub replace_after_secs: u64,
 }
 
 impl Config {
@@ -459,6 +489,7 @@ impl Config {
                 .journal
                 .bytes_max
                 .map_or(JOURNAL_BYTES_MAX_DEFAULT, |b| b.0),
+            replace_after_secs: raw.repair.replace_after_secs,
         })
     }
 }
@@ -531,6 +562,7 @@ blocks_per_sec = 100
         let c = Config::parse(text, Path::new("chunkserver.toml"), Path::new("/etc/weft")).unwrap();
         assert_eq!(c.store.reserve_bytes, 20 << 30);
         assert_eq!(c.scrub_blocks_per_sec, SCRUB_BLOCKS_PER_SEC_DEFAULT);
+        assert_eq!(c.replace_after_secs, REPLACE_AFTER_SECS_DEFAULT);
     }
 
     #[test]

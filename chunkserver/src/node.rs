@@ -137,6 +137,8 @@ impl Node {
                     g.watch(),
                     journal.clone(),
                     lease.clone(),
+                    (cfg.replace_after_secs > 0)
+                        .then(|| Duration::from_secs(cfg.replace_after_secs)),
                 );
                 // The primary reaches the chunks this node holds through
                 // the router, taken before the primary's own handlers are

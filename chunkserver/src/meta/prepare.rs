@@ -1,5 +1,6 @@
 //! What the leader does to a change before proposing it: stamp the time,
-//! choose the placement of a new extent from its gossiped view, make the
+//! choose the placement of a new extent (or of a chunk that moves) from
+//! its gossiped view, make the
 //! LUN's identifiers, and refuse what the soft state says can never work
 //! (a LUN larger than the cluster, a profile wider than its nodes). Apply
 //! itself stays deterministic; all of this happens once, here.
@@ -154,6 +155,46 @@ pub fn prepare(
             chunks,
             now_ms: now,
         },
+        Command::ReplaceChunk {
+            lun,
+            index,
+            expected_epoch,
+            slot,
+            ..
+        } => {
+            let e = cat
+                .extents
+                .get(&(lun, index))
+                .ok_or(CatalogueError::NoSuchExtent { lun, index })?;
+            let l = cat
+                .luns
+                .get(&lun)
+                .ok_or_else(|| CatalogueError::NoSuchLun(format!("id {lun}")))?;
+            let Some(view) = view else {
+                return Err(MetaError::Unavailable(
+                    "the leader has no view of the cluster yet (gossip)".into(),
+                ));
+            };
+            let admin = |n: &fabric::NodeId| cat.nodes.get(n).map_or(AdminState::Out, |e| e.admin);
+            let cands = placement::candidates(view, admin, 0);
+            let node = placement::replace(
+                &cands,
+                &l.policy,
+                ExtentKey { lun, index },
+                l.chunk_bytes,
+                &e.nodes,
+                usize::from(slot),
+            )
+            .map_err(|err| CatalogueError::Placement(err.to_string()))?;
+            Command::ReplaceChunk {
+                lun,
+                index,
+                expected_epoch,
+                slot,
+                node: Some(node),
+                now_ms: now,
+            }
+        }
         Command::CreateTarget { iqn, .. } => Command::CreateTarget { iqn, now_ms: now },
         Command::RenewLease { node, .. } => Command::RenewLease {
             node,

@@ -173,6 +173,12 @@ pub struct Primary {
     /// full-row write while marking it missing failed too), so the repair
     /// task reconciles them before the record is retired.
     unsettled: Mutex<Vec<(u64, JournalEntry)>>,
+    /// A missing chunk whose holder has been away this long moves to
+    /// another node; `None`: never.
+    replace_after: Option<Duration>,
+    /// Since when each holder of a missing chunk has been seen away (not
+    /// alive in gossip), by the repair task.
+    away: Mutex<BTreeMap<NodeId, Instant>>,
 }
 
 impl Primary {
@@ -183,6 +189,7 @@ impl Primary {
         view: watch::Receiver<Arc<View>>,
         journal: Arc<Journal>,
         lease: Arc<Lease>,
+        replace_after: Option<Duration>,
     ) -> Arc<Primary> {
         let crash = crash_point();
         Arc::new(Primary {
@@ -202,6 +209,8 @@ impl Primary {
             journaled: AtomicU64::new(0),
             replay_pending: Mutex::new(None),
             unsettled: Mutex::new(Vec::new()),
+            replace_after,
+            away: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -1251,8 +1260,12 @@ impl Primary {
         }
     }
 
-    /// Brings back chunks marked missing once their holders are alive
-    /// again: every few seconds, for each extent this node leads.
+    /// Keeps the extents this node leads whole: every few seconds, rebuilds
+    /// missing chunks whose holders are alive again, and moves to another
+    /// node the chunks whose holders have stayed away longer than
+    /// `replace_after` (rebuilt there on a later pass), whether or not a
+    /// write has found them missing yet: an extent nobody writes must not
+    /// stay one failure from loss.
     pub fn spawn_repair(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let p = self.clone();
         tokio::spawn(async move {
@@ -1264,21 +1277,113 @@ impl Primary {
                     .lock()
                     .values()
                     .filter(|e| e.primary_node() == Some(&p.me))
-                    .filter(|e| e.chunks.iter().any(|c| *c != ChunkState::Ok))
+                    .filter(|e| {
+                        e.chunks.iter().any(|c| *c != ChunkState::Ok)
+                            || (p.replace_after.is_some() && e.nodes.iter().any(|n| !p.alive(n)))
+                    })
                     .cloned()
                     .collect();
+                let mut away = p.note_away(&mine);
                 for e in mine {
                     for (slot, st) in e.chunks.iter().enumerate() {
-                        let alive = e.nodes.get(slot).is_some_and(|n| p.alive(n));
-                        if *st != ChunkState::Ok && alive {
+                        let Some(holder) = e.nodes.get(slot) else {
+                            continue;
+                        };
+                        if p.alive(holder) {
+                            if *st == ChunkState::Ok {
+                                continue;
+                            }
                             if let Err(err) = p.rebuild(&e, slot).await {
                                 warn!(lun = e.lun, extent = e.index, slot, %err, "rebuild failed; will retry");
+                            }
+                        } else if away.contains(holder) {
+                            if let Err(err) = p.replace(&e, slot).await {
+                                // Most likely no node can take it (as many
+                                // nodes as chunks): try again only after
+                                // another `replace_after`, and not for this
+                                // holder's other chunks now.
+                                warn!(lun = e.lun, extent = e.index, slot, %holder, %err,
+                                    "chunk not moved off a node that stays away; will retry later");
+                                away.remove(holder);
+                                p.away.lock().insert(holder.clone(), Instant::now());
                             }
                         }
                     }
                 }
             }
         })
+    }
+
+    /// Notes since when each holder of a chunk of `extents` has been away
+    /// (not alive in gossip), and returns those away longer than
+    /// `replace_after`.
+    fn note_away(&self, extents: &[Extent]) -> BTreeSet<NodeId> {
+        let Some(after) = self.replace_after else {
+            return BTreeSet::new();
+        };
+        let gone: BTreeSet<&NodeId> = extents
+            .iter()
+            .flat_map(|e| e.nodes.iter())
+            .filter(|n| **n != self.me && !self.alive(n))
+            .collect();
+        let now = Instant::now();
+        let mut away = self.away.lock();
+        away.retain(|n, _| gone.contains(n));
+        for n in gone {
+            away.entry(n.clone()).or_insert(now);
+        }
+        away.iter()
+            .filter(|(_, since)| now.duration_since(**since) >= after)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Moves chunk `slot` of `e`, whose holder has stayed away, to another
+    /// node, chosen by the metadata leader as for a new extent (in service
+    /// or already missing: one command, so a cluster with no node to take
+    /// it changes nothing). The chunk stays missing, now on that node,
+    /// until the repair task rebuilds it there. The old holder, if it
+    /// returns, finds the chunk on another node and is fenced off it.
+    async fn replace(&self, e: &Extent, slot: usize) -> Result<(), RpcError> {
+        let _held = self.lock(e.lun, e.index).exclusive().await;
+        if self.replaying(e.lun, e.index) {
+            return Err(unavailable("replaying the write journal"));
+        }
+        if !self.lease.valid(LEASE_MARGIN_MS) {
+            return Err(unavailable("this node's lease has lapsed"));
+        }
+        let e = self.fresh_extent(e.lun, e.index).await?;
+        let Some(holder) = e.nodes.get(slot).cloned() else {
+            return Ok(());
+        };
+        if e.primary_node() != Some(&self.me) || holder == self.me || self.alive(&holder) {
+            return Ok(());
+        }
+        let e2 = self
+            .propose_extent(Command::ReplaceChunk {
+                lun: e.lun,
+                index: e.index,
+                expected_epoch: e.epoch,
+                slot: slot as u8,
+                node: None,
+                now_ms: 0,
+            })
+            .await?;
+        let to = e2
+            .nodes
+            .get(slot)
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        info!(
+            lun = e.lun,
+            extent = e.index,
+            slot,
+            from = %holder,
+            %to,
+            epoch = e2.epoch,
+            "chunk moved: its holder stayed away; rebuilding it on another node"
+        );
+        Ok(())
     }
 
     /// Rebuilds chunk `slot` of `e` from the others (its holder is back)

@@ -656,6 +656,94 @@ impl Catalogue {
                 changed.push(Change::Pr(*lun));
                 Ok(Outcome::Pr(r))
             }
+            Command::ReplaceChunk {
+                lun,
+                index,
+                expected_epoch,
+                slot,
+                node,
+                now_ms,
+            } => {
+                let e = self
+                    .extents
+                    .get(&(*lun, *index))
+                    .ok_or(CatalogueError::NoSuchExtent {
+                        lun: *lun,
+                        index: *index,
+                    })?;
+                if e.epoch != *expected_epoch {
+                    return Err(CatalogueError::EpochMismatch {
+                        have: e.epoch,
+                        expected: *expected_epoch,
+                    });
+                }
+                let s = usize::from(*slot);
+                let Some(node) = node else {
+                    return Err(CatalogueError::BadPlacement(
+                        "no node chosen for the chunk".into(),
+                    ));
+                };
+                // A chunk in service moves only once nobody serves it: its
+                // holder's lease has lapsed, as for marking it missing.
+                match e.chunks.get(s) {
+                    Some(ChunkState::Ok) => {
+                        if let Some(l) = e.nodes.get(s).and_then(|h| self.leases.get(h)) {
+                            if l.expires_ms > *now_ms {
+                                return Err(CatalogueError::LeaseStillValid {
+                                    node: l.node.to_string(),
+                                    for_ms: l.expires_ms - now_ms,
+                                });
+                            }
+                        }
+                        let out = e.chunks.iter().filter(|c| **c != ChunkState::Ok).count();
+                        let m = self.luns.get(lun).map_or(0, |l| usize::from(l.policy.ec.m));
+                        if out + 1 > m {
+                            return Err(CatalogueError::BadPlacement(format!(
+                                "moving chunk {s} of {lun}/{index} would leave {} chunks out, more than m = {m}",
+                                out + 1
+                            )));
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(CatalogueError::BadPlacement(format!(
+                            "slot {s} is beyond the extent's width"
+                        )))
+                    }
+                }
+                if s == usize::from(e.primary) {
+                    return Err(CatalogueError::BadPlacement(
+                        "the primary's chunk does not move".into(),
+                    ));
+                }
+                if e.nodes.contains(node) {
+                    return Err(CatalogueError::BadPlacement(format!(
+                        "{node} already holds a chunk of {lun}/{index}"
+                    )));
+                }
+                match self.nodes.get(node) {
+                    Some(n) if n.admin == AdminState::In => {}
+                    Some(n) => {
+                        return Err(CatalogueError::BadPlacement(format!(
+                            "{node} is {}",
+                            n.admin.as_str()
+                        )))
+                    }
+                    None => return Err(CatalogueError::NoSuchNode(node.to_string())),
+                }
+                let mut e = e.clone();
+                e.epoch = expected_epoch + 1;
+                if let Some(n) = e.nodes.get_mut(s) {
+                    *n = node.clone();
+                }
+                if let Some(c) = e.chunks.get_mut(s) {
+                    // The new holder has none of it.
+                    *c = ChunkState::Missing { since_epoch: 0 };
+                }
+                self.extents.insert((*lun, *index), e.clone());
+                changed.push(Change::Extent(*lun, *index));
+                Ok(Outcome::Extent(e))
+            }
         }
     }
 }

@@ -245,6 +245,117 @@ fn a_chunk_is_declared_missing_only_after_its_lease() {
 }
 
 #[test]
+fn a_chunk_moves_once_its_holder_lease_lapsed_and_only_to_a_node_in_service() {
+    let (mut c, i) = setup();
+    let l = c.lun_by_name("a").unwrap().id;
+    c.apply(
+        i,
+        &Command::AllocateExtent {
+            lun: l,
+            index: 0,
+            nodes: nodes(&["n1", "n2", "n3"]),
+        },
+    )
+    .0
+    .unwrap();
+    let replace = |epoch, slot, node: Option<&str>| Command::ReplaceChunk {
+        lun: l,
+        index: 0,
+        expected_epoch: epoch,
+        slot,
+        node: node.map(id),
+        now_ms: 1_000,
+    };
+    c.apply(
+        i + 1,
+        &Command::RenewLease {
+            node: id("n1"),
+            expires_ms: 5_000,
+        },
+    )
+    .0
+    .unwrap();
+    // In service, its holder's lease still valid: it stays where it is.
+    let (r, ch) = c.apply(i + 1, &replace(1, 0, Some("n4")));
+    assert!(
+        matches!(r, Err(CatalogueError::LeaseStillValid { .. })),
+        "{r:?}"
+    );
+    assert!(ch.is_empty());
+    let (r, _) = c.apply(
+        i + 2,
+        &Command::UpdateExtent {
+            lun: l,
+            index: 0,
+            expected_epoch: 1,
+            nodes: nodes(&["n1", "n2", "n3"]),
+            primary: 2,
+            chunks: vec![
+                ChunkState::Ok,
+                ChunkState::Missing { since_epoch: 2 },
+                ChunkState::Ok,
+            ],
+            now_ms: 1,
+        },
+    );
+    assert!(r.is_ok(), "{r:?}");
+    for bad in [
+        replace(1, 1, Some("n4")), // stale epoch
+        replace(2, 1, None),       // no node chosen
+        replace(2, 1, Some("n3")), // holds a chunk already
+        replace(2, 1, Some("zz")), // unknown
+        replace(2, 7, Some("n4")), // beyond the width
+        replace(2, 2, Some("n4")), // the primary's
+        Command::ReplaceChunk {
+            lun: l,
+            index: 0,
+            expected_epoch: 2,
+            slot: 0,
+            node: Some(id("n4")),
+            now_ms: 6_000, // n1's lease lapsed, but two out of a 2+1 extent
+        },
+    ] {
+        let (r, ch) = c.apply(i + 3, &bad);
+        assert!(r.is_err() && ch.is_empty(), "{bad:?}: {r:?}");
+    }
+    let (r, ch) = c.apply(i + 4, &replace(2, 1, Some("n4")));
+    let Ok(Outcome::Extent(e)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(e.nodes, nodes(&["n1", "n4", "n3"]));
+    assert_eq!(e.epoch, 3);
+    assert_eq!(e.chunks[1], ChunkState::Missing { since_epoch: 0 });
+    assert_eq!(ch, vec![Change::Extent(l, 0)]);
+    // An extent with nothing out moves a chunk in service once its
+    // holder's lease has lapsed.
+    let (r, _) = c.apply(
+        i + 5,
+        &Command::AllocateExtent {
+            lun: l,
+            index: 1,
+            nodes: nodes(&["n1", "n2", "n3"]),
+        },
+    );
+    assert!(r.is_ok(), "{r:?}");
+    let (r, _) = c.apply(
+        i + 6,
+        &Command::ReplaceChunk {
+            lun: l,
+            index: 1,
+            expected_epoch: 1,
+            slot: 0,
+            node: Some(id("n4")),
+            now_ms: 6_000,
+        },
+    );
+    let Ok(Outcome::Extent(e)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(e.nodes, nodes(&["n4", "n2", "n3"]));
+    assert_eq!(e.chunks[0], ChunkState::Missing { since_epoch: 0 });
+}
+
+#[test]
 fn pr_state_is_compare_and_set() {
     let (mut c, i) = setup();
     let l = c.lun_by_name("a").unwrap().id;

@@ -97,6 +97,21 @@ pub enum Command {
         expected_version: u64,
         bytes: Vec<u8>,
     },
+    /// Moves chunk `slot` of an extent, whose holder stayed away, to
+    /// another node: compare-and-set at `expected_epoch`, the epoch rises
+    /// by one and the chunk is missing until the primary has rebuilt it
+    /// there. The leader fills `node` from its view (placement), as it
+    /// does for a new extent. A chunk still in service moves only once
+    /// its holder's lease has lapsed at `now_ms`, and only if that leaves
+    /// at most `m` chunks of the extent out.
+    ReplaceChunk {
+        lun: u64,
+        index: u64,
+        expected_epoch: u64,
+        slot: u8,
+        node: Option<NodeId>,
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -119,6 +134,7 @@ impl Command {
             Command::UpdateExtent { .. } => "update extent",
             Command::RenewLease { .. } => "renew lease",
             Command::SetPr { .. } => "set PR state",
+            Command::ReplaceChunk { .. } => "replace chunk",
         }
     }
 
@@ -130,6 +146,7 @@ impl Command {
             Command::RegisterNode { .. }
                 | Command::AllocateExtent { .. }
                 | Command::UpdateExtent { .. }
+                | Command::ReplaceChunk { .. }
                 | Command::RenewLease { .. }
                 | Command::SetPr { .. }
         )

@@ -315,6 +315,19 @@ metadata = [
         }
     }
 
+    /// Appends `toml` (whole tables) to every chunkserver's config: takes
+    /// effect at the next start.
+    pub fn append_node_config(&self, toml: &str) {
+        use std::io::Write;
+        for n in &self.nodes {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&n.config)
+                .unwrap();
+            f.write_all(toml.as_bytes()).unwrap();
+        }
+    }
+
     /// Starts every chunkserver and waits until all registered.
     pub async fn start_nodes(&mut self) {
         for n in &mut self.nodes {

@@ -158,6 +158,8 @@ fn node_config(i: usize, root: &Path) -> Config {
         meta_dir: dir.join("meta"),
         lease_ms: LEASE_MS,
         election_timeout_ms: ELECTION_TIMEOUT_MS,
+        // Four nodes, four chunks per extent: no node could take a chunk.
+        replace_after_secs: 0,
     }
 }
 
