@@ -2,13 +2,14 @@
 //! orders every write to the extent and journals it before touching any
 //! chunk. Whole stripe rows are written with parity computed from the new
 //! data; for partial rows each data chunk applies its new data and returns
-//! `old ⊕ new`, and the primary folds those deltas into the parity chunk.
+//! `old ⊕ new`, and the primary folds those deltas into each parity chunk.
 //! It answers only once every chunk has the write. It also serves the reads a volume client could not
 //! do directly (a chunk missing, slow or corrupt): it reconstructs the
 //! range from the other chunks of each row and rewrites corrupt blocks.
 //!
-//! Parity with `m = 1` is the XOR of the row's data units (see
-//! `docs/data-path.md` for why not reed-solomon-erasure's `m = 1` code).
+//! Parity with `m = 1` is the XOR of the row's data units, with `m ≥ 2`
+//! Reed–Solomon ([`codec`]; `docs/data-path.md` says why not
+//! reed-solomon-erasure's `m = 1` code).
 //! A restarted primary replays its journal: for every write that was
 //! journaled but not retired it recomputes the parity of the rows the
 //! write touched from the data chunks, so data and parity never disagree
@@ -60,6 +61,7 @@ use crate::meta::agent::Lease;
 use crate::meta::raft_rpc::Origin;
 use crate::meta::Meta;
 use crate::service::LEASE_MARGIN_MS;
+use codec::{Codec, CodecError};
 use lock::{ExtentLock, Held};
 
 /// Deadline of one chunk call made by the primary.
@@ -106,6 +108,12 @@ fn app(code: u32, detail: impl Into<String>) -> RpcError {
         code,
         detail: detail.into(),
     }
+}
+
+/// A stripe that could not be coded: too few chunks to rebuild it is the
+/// usual cause, which another try may not meet.
+fn coding(err: CodecError) -> RpcError {
+    unavailable(err.to_string())
 }
 
 fn unavailable(detail: impl Into<String>) -> RpcError {
@@ -157,6 +165,8 @@ pub struct Primary {
     locks: Mutex<HashMap<(u64, u64), Arc<ExtentLock>>>,
     extents: Mutex<BTreeMap<(u64, u64), Extent>>,
     layouts: Mutex<HashMap<u64, Layout>>,
+    /// One code per profile `(k, m)` in use.
+    codecs: Mutex<HashMap<(u64, u64), Arc<Codec>>>,
     /// Extents whose chunks are known to exist.
     created: Mutex<std::collections::HashSet<(u64, u64, u64)>>,
     /// Journal sequence numbers of writes in flight.
@@ -203,6 +213,7 @@ impl Primary {
             locks: Mutex::new(HashMap::new()),
             extents: Mutex::new(BTreeMap::new()),
             layouts: Mutex::new(HashMap::new()),
+            codecs: Mutex::new(HashMap::new()),
             created: Mutex::new(Default::default()),
             inflight: Mutex::new(BTreeSet::new()),
             crash,
@@ -476,18 +487,7 @@ impl Primary {
             unavailable(format!("the holder of chunk {slot} is not alive"))
         };
         warn!(chunk = %Self::chunk_ref(e, slot), %err, "rebuilding a chunk range from parity");
-        let mut acc = vec![0u8; (b - a) as usize];
-        for other in 0..layout.width() {
-            if other == slot {
-                continue;
-            }
-            let d = self
-                .read_chunk(e, other, a, b)
-                .await
-                .map_err(|e2| unavailable(format!("cannot rebuild: chunk {other}: {e2}")))?;
-            codec::xor_into(&mut acc, &d);
-        }
-        let rebuilt = Bytes::from(acc);
+        let rebuilt = Bytes::from(self.rebuild_range(e, layout, slot, a, b).await?);
         if matches!(&err, RpcError::Application { code, .. } if *code == chunk_error::CHECKSUM) {
             let req = ChunkWriteRequest {
                 chunk: Self::chunk_ref(e, slot),
@@ -697,7 +697,7 @@ impl Primary {
         let row = layout.row_bytes();
         let end = offset + data.len() as u64;
         let (a, b) = (offset.div_ceil(row) * row, end / row * row);
-        if layout.m > 1 || a >= b {
+        if a >= b {
             return self
                 .apply_write(held, e, layout, offset, data, durability)
                 .await;
@@ -750,13 +750,14 @@ impl Primary {
         }
         let parts: Vec<Bytes> = parts.into_iter().map(BytesMut::freeze).collect();
         let mut slots: Vec<(usize, Bytes)> = parts.iter().cloned().enumerate().collect();
-        if layout.m == 1 {
-            let mut parity = vec![0u8; n];
-            for part in &parts {
-                codec::xor_into(&mut parity, part);
-            }
-            slots.push((k, Bytes::from(parity)));
-        }
+        let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        let parity = self.codec(layout)?.parity(&refs).map_err(coding)?;
+        slots.extend(
+            parity
+                .into_iter()
+                .enumerate()
+                .map(|(p, buf)| (k + p, Bytes::from(buf))),
+        );
         // The write-hole test hook needs the data chunks written before
         // the parity; otherwise all go at once.
         let hooked = matches!(self.crash, Some(CrashPoint::BeforeParity(_)));
@@ -918,55 +919,91 @@ impl Primary {
         // if marking that chunk missing fails below (weft-sim seed 13: a
         // write that failed there left parity without its deltas, and the
         // retry's deltas were zero).
-        let slot = layout.k as usize;
-        if layout.m > 0 && e.chunks.get(slot) == Some(&ChunkState::Ok) && !deltas.is_empty() {
+        let k = layout.k as usize;
+        let codec = self.codec(layout)?;
+        if !deltas.is_empty() {
             let lo = deltas.iter().map(|(_, a, _)| *a).min().unwrap_or(0);
             let hi = deltas
                 .iter()
                 .map(|(_, a, d)| a + d.len() as u64)
                 .max()
                 .unwrap_or(lo);
-            let mut delta = vec![0u8; (hi - lo) as usize];
-            for (_, a, d) in &deltas {
-                let at = (a - lo) as usize;
-                codec::xor_into(&mut delta[at..at + d.len()], d);
-            }
-            let req = ChunkApplyDeltaRequest {
-                chunk: Self::chunk_ref(e, slot),
-                epoch: e.epoch,
-                offset: lo,
-                durability,
-            };
-            if let Err(err) = self
-                .call::<ChunkApplyDelta>(e, slot, &req, Bytes::from(delta))
-                .await
-            {
-                warn!(chunk = %req.chunk, %err, "parity update failed");
-                failed.push(slot);
+            for p in 0..layout.m as usize {
+                let slot = k + p;
+                if e.chunks.get(slot) != Some(&ChunkState::Ok) {
+                    continue;
+                }
+                let mut delta = vec![0u8; (hi - lo) as usize];
+                for (j, a, d) in &deltas {
+                    let at = (a - lo) as usize;
+                    codec.fold_delta(p, *j, d, &mut delta[at..at + d.len()]);
+                }
+                let req = ChunkApplyDeltaRequest {
+                    chunk: Self::chunk_ref(e, slot),
+                    epoch: e.epoch,
+                    offset: lo,
+                    durability,
+                };
+                if let Err(err) = self
+                    .call::<ChunkApplyDelta>(e, slot, &req, Bytes::from(delta))
+                    .await
+                {
+                    warn!(chunk = %req.chunk, %err, "parity update failed");
+                    failed.push(slot);
+                }
             }
         }
         if !failed.is_empty() {
             self.escalate(held, e).await;
             *e = self.mark_missing(e, layout, &failed).await?;
         }
-        if layout.m == 0 || e.chunks.get(slot) != Some(&ChunkState::Ok) {
+        let parity_slots: Vec<usize> = (k..layout.width())
+            .filter(|s| e.chunks.get(*s) == Some(&ChunkState::Ok))
+            .collect();
+        if parity_slots.is_empty() {
             return Ok(());
         }
-        let parity = async {
-            // Over the range of each data chunk that did not take the
-            // write, parity = the other data chunks (as they are now) ⊕
-            // that chunk's new contents.
-            for (j, aa, buf) in &news {
-                if e.chunks.get(*j) == Some(&ChunkState::Ok) {
-                    continue;
+        // Over the range of each data chunk that did not take the write,
+        // parity is recomputed from that chunk's new contents and the
+        // other data chunks as they are now (one also out is rebuilt from
+        // the stripe, which is consistent at each step). A parity chunk
+        // that misses one of these writes is marked missing; if the data
+        // cannot be read, all are, which fails the write (retryable).
+        let mut stale: Vec<usize> = Vec::new();
+        for (j, aa, buf) in &news {
+            if e.chunks.get(*j) == Some(&ChunkState::Ok) {
+                continue;
+            }
+            if parity_slots.iter().all(|s| stale.contains(s)) {
+                break;
+            }
+            let bb = aa + buf.len() as u64;
+            let cols = async {
+                let mut cols: Vec<Vec<u8>> = Vec::with_capacity(k);
+                for i in 0..k {
+                    cols.push(if i == *j {
+                        buf.to_vec()
+                    } else if e.chunks.get(i) == Some(&ChunkState::Ok) {
+                        self.read_chunk(e, i, *aa, bb).await?.to_vec()
+                    } else {
+                        self.rebuild_range(e, layout, i, *aa, bb).await?
+                    });
                 }
-                let bb = aa + buf.len() as u64;
-                let mut p = buf.to_vec();
-                for i in 0..layout.k as usize {
-                    if i != *j {
-                        let d = self.read_chunk(e, i, *aa, bb).await?;
-                        codec::xor_into(&mut p, &d);
-                    }
+                let refs: Vec<&[u8]> = cols.iter().map(|c| &c[..]).collect();
+                codec.parity(&refs).map_err(coding)
+            };
+            let parity = match cols.await {
+                Ok(p) => p,
+                Err(err) => {
+                    warn!(chunk = %Self::chunk_ref(e, *j), %err, "parity update failed: data unreadable");
+                    stale = parity_slots.clone();
+                    break;
+                }
+            };
+            for (p, par) in parity.into_iter().enumerate() {
+                let slot = k + p;
+                if !parity_slots.contains(&slot) || stale.contains(&slot) {
+                    continue;
                 }
                 let req = ChunkWriteRequest {
                     chunk: Self::chunk_ref(e, slot),
@@ -974,17 +1011,81 @@ impl Primary {
                     offset: *aa,
                     durability,
                 };
-                self.call::<ChunkOverwrite>(e, slot, &req, Bytes::from(p))
-                    .await?;
+                if let Err(err) = self
+                    .call::<ChunkOverwrite>(e, slot, &req, Bytes::from(par))
+                    .await
+                {
+                    warn!(chunk = %req.chunk, %err, "parity update failed");
+                    stale.push(slot);
+                }
             }
-            Ok::<(), RpcError>(())
-        };
-        if let Err(err) = parity.await {
-            warn!(chunk = %Self::chunk_ref(e, slot), %err, "parity update failed");
+        }
+        if !stale.is_empty() {
+            stale.sort_unstable();
             self.escalate(held, e).await;
-            *e = self.mark_missing(e, layout, &[slot]).await?;
+            *e = self.mark_missing(e, layout, &stale).await?;
         }
         Ok(())
+    }
+
+    /// The code of `layout`'s profile.
+    fn codec(&self, layout: &Layout) -> Result<Arc<Codec>, RpcError> {
+        let key = (layout.k, layout.m);
+        if let Some(c) = self.codecs.lock().get(&key) {
+            return Ok(c.clone());
+        }
+        let k = u8::try_from(layout.k).map_err(|_| app(extent_error::INVALID, "k too large"))?;
+        let m = u8::try_from(layout.m).map_err(|_| app(extent_error::INVALID, "m too large"))?;
+        let c = Arc::new(Codec::new(k, m).map_err(|e| app(extent_error::INVALID, e.to_string()))?);
+        self.codecs.lock().insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// Chunk `slot`'s range `[a, b)` rebuilt from the other chunks of the
+    /// stripe: read in slot order, skipping those out of service or
+    /// failing, until `k` are in hand (stopping early once too few are
+    /// left).
+    async fn rebuild_range(
+        &self,
+        e: &Extent,
+        layout: &Layout,
+        slot: usize,
+        a: u64,
+        b: u64,
+    ) -> Result<Vec<u8>, RpcError> {
+        let codec = self.codec(layout)?;
+        let (k, width) = (layout.k as usize, layout.width());
+        let mut shards: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut have = 0;
+        let mut last = None;
+        let others: Vec<usize> = (0..width).filter(|o| *o != slot).collect();
+        for (n, &other) in others.iter().enumerate() {
+            let left = others.len() - n;
+            if have == k || have + left < k {
+                break;
+            }
+            match self.read_chunk(e, other, a, b).await {
+                Ok(d) => {
+                    if let Some(s) = shards.get_mut(other) {
+                        *s = Some(d.to_vec());
+                        have += 1;
+                    }
+                }
+                Err(err) => last = Some((other, err)),
+            }
+        }
+        if have < k {
+            let why = last.map_or_else(
+                || "too few chunks".to_owned(),
+                |(o, err)| format!("chunk {o}: {err}"),
+            );
+            return Err(unavailable(format!("cannot rebuild: {why}")));
+        }
+        codec.rebuild(&mut shards).map_err(coding)?;
+        shards
+            .get_mut(slot)
+            .and_then(Option::take)
+            .ok_or_else(|| unavailable("cannot rebuild: no result"))
     }
 
     /// Holds `e` alone (to change its record) and takes its newest
@@ -1170,7 +1271,10 @@ impl Primary {
     /// gateway) cannot reach — if this node cannot reach it either. The
     /// metadata makes the change only once the old primary's lease has
     /// lapsed, so two primaries never serve the same extent.
-    async fn takeover(&self, r: ExtentTakeoverRequest) -> Result<(ExtentDone, Bytes), RpcError> {
+    async fn takeover(
+        self: &Arc<Self>,
+        r: ExtentTakeoverRequest,
+    ) -> Result<(ExtentDone, Bytes), RpcError> {
         let e = self.fresh_extent(r.extent.lun, r.extent.extent).await?;
         if e.primary_node() == Some(&self.me) {
             return Ok((ExtentDone { epoch: e.epoch }, Bytes::new()));
@@ -1205,6 +1309,7 @@ impl Primary {
             }
         }
         let _held = self.lock(e.lun, e.index).exclusive().await;
+        let layout = self.layout(e.lun).await?;
         let mut chunks = e.chunks.clone();
         if let Some(c) = chunks.get_mut(old) {
             if *c == ChunkState::Ok {
@@ -1219,7 +1324,21 @@ impl Primary {
         // wrong. The extent waits for the old primary, which has its
         // chunk and its journal.
         let out = chunks.iter().filter(|c| **c != ChunkState::Ok).count();
-        let layout = self.layout(e.lun).await?;
+        // With more than one parity chunk, the rows in doubt may have
+        // reached some of the others and not all, and which rows those are
+        // went with the old primary's journal: the new primary recomputes
+        // all their parity from the data before serving, so every data
+        // chunk must be in service.
+        let data_out = chunks
+            .iter()
+            .take(layout.k as usize)
+            .any(|c| *c != ChunkState::Ok);
+        if layout.m > 1 && data_out {
+            return Err(unavailable(format!(
+                "a data chunk of {}/{} is out: its parity cannot be recomputed without its primary; waiting for it",
+                e.lun, e.index
+            )));
+        }
         if out > layout.m as usize {
             return Err(unavailable(format!(
                 "{out} chunks of {}/{} would be out without its primary; waiting for it",
@@ -1243,6 +1362,9 @@ impl Primary {
             epoch = e2.epoch,
             "took over as primary"
         );
+        if layout.m > 1 {
+            self.reconcile_whole(&layout, e.lun, e.index);
+        }
         Ok((ExtentDone { epoch: e2.epoch }, Bytes::new()))
     }
 
@@ -1420,13 +1542,7 @@ impl Primary {
         let mut pos = 0;
         while pos < layout.chunk_bytes {
             let n = step.min(layout.chunk_bytes - pos);
-            let mut acc = vec![0u8; n as usize];
-            for other in 0..layout.width() {
-                if other != slot {
-                    let d = self.read_chunk(&e, other, pos, pos + n).await?;
-                    codec::xor_into(&mut acc, &d);
-                }
-            }
+            let acc = self.rebuild_range(&e, &layout, slot, pos, pos + n).await?;
             let req = ChunkWriteRequest {
                 chunk: Self::chunk_ref(&e, slot),
                 epoch: e.epoch,
@@ -1531,6 +1647,36 @@ impl Primary {
         });
     }
 
+    /// Recomputes every parity chunk of extent `(lun, index)` from its
+    /// data, retrying until done; the extent is not served meanwhile. Called
+    /// with the extent's lock held, so no write comes between.
+    fn reconcile_whole(self: &Arc<Self>, layout: &Layout, lun: u64, index: u64) {
+        if let Some(pending) = self.replay_pending.lock().as_mut() {
+            pending.insert((lun, index));
+        }
+        let entry = JournalEntry {
+            lun,
+            extent: index,
+            offset: 0,
+            len: layout.chunk_bytes * layout.k,
+        };
+        let p = self.clone();
+        tokio::spawn(async move {
+            while let Err(err) = p.reconcile(&entry).await {
+                warn!(lun, extent = index, %err, "recomputing the parity after a takeover; will retry");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if let Some(pending) = p.replay_pending.lock().as_mut() {
+                pending.remove(&(lun, index));
+            }
+            info!(
+                lun,
+                extent = index,
+                "parity recomputed from the data after a takeover"
+            );
+        });
+    }
+
     /// Recomputes the parity of the rows `entry` touched.
     async fn reconcile(&self, entry: &JournalEntry) -> Result<(), RpcError> {
         let layout = self.layout(entry.lun).await?;
@@ -1554,21 +1700,38 @@ impl Primary {
         if e.primary_node() != Some(&self.me) {
             return Ok(());
         }
-        for (a, b) in parity_columns(&layout, entry.offset, entry.len) {
-            let mut parity = vec![0u8; (b - a) as usize];
-            for j in 0..layout.k as usize {
-                let d = self.read_chunk(&e, j, a, b).await?;
-                codec::xor_into(&mut parity, &d);
+        let codec = self.codec(&layout)?;
+        let k = layout.k as usize;
+        let step = u64::from(EXTENT_IO_BYTES_MAX);
+        let columns = parity_columns(&layout, entry.offset, entry.len);
+        let pieces = columns.iter().flat_map(|&(a, b)| {
+            (a..b)
+                .step_by(step as usize)
+                .map(move |x| (x, (x + step).min(b)))
+        });
+        for (a, b) in pieces {
+            let mut data = Vec::with_capacity(k);
+            for j in 0..k {
+                data.push(self.read_chunk(&e, j, a, b).await?);
             }
-            let slot = layout.k as usize;
-            let req = ChunkWriteRequest {
-                chunk: Self::chunk_ref(&e, slot),
-                epoch: e.epoch,
-                offset: a,
-                durability: Durability::Stable,
-            };
-            self.call::<ChunkOverwrite>(&e, slot, &req, Bytes::from(parity))
-                .await?;
+            let refs: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
+            let parity = codec.parity(&refs).map_err(coding)?;
+            for (p, par) in parity.into_iter().enumerate() {
+                // A parity chunk out of service is rebuilt from the data
+                // when it returns.
+                let slot = k + p;
+                if e.chunks.get(slot) != Some(&ChunkState::Ok) {
+                    continue;
+                }
+                let req = ChunkWriteRequest {
+                    chunk: Self::chunk_ref(&e, slot),
+                    epoch: e.epoch,
+                    offset: a,
+                    durability: Durability::Stable,
+                };
+                self.call::<ChunkOverwrite>(&e, slot, &req, Bytes::from(par))
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -1607,7 +1770,7 @@ fn parity_columns(layout: &Layout, offset: u64, len: u64) -> Vec<(u64, u64)> {
 /// its crash is a double fault anyway and the extent waits for it.
 fn primary_after_rebuild(layout: &Layout, primary: u8, rebuilt: usize) -> u8 {
     let parity = layout.k as usize;
-    if layout.m > 0 && rebuilt == parity && usize::from(primary) < parity {
+    if layout.m > 0 && rebuilt >= parity && usize::from(primary) < parity {
         rebuilt as u8
     } else {
         primary

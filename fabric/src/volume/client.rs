@@ -103,12 +103,6 @@ impl Volume {
         config: VolumeConfig,
     ) -> Result<Volume, VolumeError> {
         let layout = Layout::of(&lun)?;
-        if layout.m > 1 {
-            return Err(VolumeError::Invalid(format!(
-                "LUN {}: the data path serves k+1 profiles only so far (this one is {}+{})",
-                lun.name, layout.k, layout.m
-            )));
-        }
         Ok(Volume {
             lun: Mutex::new(lun),
             layout,
@@ -400,9 +394,16 @@ impl Volume {
         }
     }
 
-    /// Asks the holders of `e` in turn to take over as its primary.
+    /// Asks the holders of `e` in turn to take over as its primary:
+    /// parity holders first (a data holder as primary risks its own chunk
+    /// with the rows in doubt when it crashes: `docs/data-path.md`).
     async fn takeover(&self, e: &Extent) {
-        for (slot, node) in e.nodes.iter().enumerate() {
+        let k = self.layout.k as usize;
+        let order = (k..e.nodes.len()).chain(0..k.min(e.nodes.len()));
+        for slot in order {
+            let Some(node) = e.nodes.get(slot) else {
+                continue;
+            };
             if slot == usize::from(e.primary) || e.chunks.get(slot) != Some(&ChunkState::Ok) {
                 continue;
             }

@@ -353,13 +353,18 @@ metadata = [
 
     /// Creates LUN `name` (`k`+1) mapped as LUN 0 of [`IQN`].
     pub async fn create_lun(&self, name: &str, size: u64, k: u8) {
+        self.create_lun_ec(name, size, k, 1).await;
+    }
+
+    /// Creates LUN `name` (`k`+`m`) mapped as LUN 0 of [`IQN`].
+    pub async fn create_lun_ec(&self, name: &str, size: u64, k: u8, m: u8) {
         let a = self.admin();
         let r = a
             .admin(MetaCommand::CreateLun {
                 name: name.into(),
                 size_bytes: size,
                 block_size: 512,
-                policy: Policy::new(EcProfile { k, m: 1 }),
+                policy: Policy::new(EcProfile { k, m }),
                 naa: [0; 16],
                 serial: String::new(),
                 now_ms: 0,
