@@ -61,8 +61,8 @@ if [ "$built" -eq 1 ]; then
 else
 	skip test "build failed"
 fi
-# The deterministic simulation: 500 seeds, and one replayed (docs/simulation.md).
-if [ "$built" -eq 1 ]; then step sim 1200 tests/sim/ci.sh 500; else skip sim "build failed"; fi
+# The deterministic simulation: 500 seeds of 3+1 and 100 of 3+2, and one of each replayed (docs/simulation.md).
+if [ "$built" -eq 1 ]; then step sim 1200 tests/sim/ci.sh 500 100; else skip sim "build failed"; fi
 if [ "$quick" -eq 1 ]; then
 	skip conformance "--quick"
 	skip conformance-4k "--quick"

@@ -4,11 +4,15 @@
 # replays exactly. Seeds in tests/sim/known-failures.txt are reported, not
 # counted.
 #
-#   tests/sim/ci.sh [SEEDS]      (default 500)
+# Then RS_SEEDS seeds of `--ec 3+2` (Reed–Solomon, up to two faults at once)
+# against tests/sim/known-failures-3+2.txt.
+#
+#   tests/sim/ci.sh [SEEDS] [RS_SEEDS]      (default 500 and 100)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root" || exit 2
 seeds=${1:-500}
+rs_seeds=${2:-100}
 half=$((seeds / 2))
 cargo build --release --locked -p weft-sim || exit 1
 bin=target/release/weft-sim
@@ -32,4 +36,17 @@ if [ -z "$first" ] || [ "$first" != "$again" ]; then
 	echo "weft-sim: seed 1 gave trace hash '$first' and then '$again' in another process: not deterministic"
 	rc=1
 fi
+# Reed–Solomon, two faults at once.
+t0=$SECONDS
+rs_half=$((rs_seeds / 2))
+rs_known=tests/sim/known-failures-3+2.txt
+"$bin" --ec 3+2 --seeds "$rs_half" --from 1 --keep-going --quiet --known-failures "$rs_known" >"$logs/c.log" 2>&1 &
+c=$!
+"$bin" --ec 3+2 --seeds "$((rs_seeds - rs_half))" --from "$((rs_half + 1))" --keep-going --quiet --known-failures "$rs_known" >"$logs/d.log" 2>&1 &
+d=$!
+wait "$c" || rc=1
+wait "$d" || rc=1
+cat "$logs/c.log" "$logs/d.log"
+echo "weft-sim --ec 3+2: $rs_seeds seeds in $((SECONDS - t0))s"
+"$bin" --ec 3+2 --seed 1 --twice || rc=1
 exit "$rc"

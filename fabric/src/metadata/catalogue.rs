@@ -586,9 +586,22 @@ impl Catalogue {
                     ));
                 }
                 // A holder is declared missing only once its lease could
-                // have lapsed: until then it may still be serving.
+                // have lapsed: until then it may still be serving. Parity
+                // chunks are served to no gateway, only to the primary: one
+                // the primary marks missing without a change of primary (a
+                // parity chunk that failed a write, its own included) needs
+                // no wait. A change of primary (a takeover) always waits
+                // for the old primary's lease.
+                let k = self
+                    .luns
+                    .get(lun)
+                    .map_or(usize::MAX, |l| usize::from(l.policy.ec.k));
+                let same_primary = *primary == e.primary;
                 for (slot, st) in chunks.iter().enumerate() {
                     let was_ok = matches!(e.chunks.get(slot), Some(ChunkState::Ok));
+                    if slot >= k && same_primary {
+                        continue;
+                    }
                     if let (ChunkState::Missing { .. }, true) = (st, was_ok) {
                         if let Some(holder) = e.nodes.get(slot) {
                             if let Some(l) = self.leases.get(holder) {

@@ -356,6 +356,56 @@ fn a_chunk_moves_once_its_holder_lease_lapsed_and_only_to_a_node_in_service() {
 }
 
 #[test]
+fn a_parity_chunk_is_marked_missing_at_once_but_a_takeover_waits_for_the_lease() {
+    let (mut c, i) = setup();
+    let l = c.lun_by_name("a").unwrap().id;
+    c.apply(
+        i,
+        &Command::AllocateExtent {
+            lun: l,
+            index: 0,
+            nodes: nodes(&["n1", "n2", "n3"]),
+        },
+    )
+    .0
+    .unwrap();
+    c.apply(
+        i + 1,
+        &Command::RenewLease {
+            node: id("n3"),
+            expires_ms: 5_000,
+        },
+    )
+    .0
+    .unwrap();
+    let parity_out = |primary, epoch| Command::UpdateExtent {
+        lun: l,
+        index: 0,
+        expected_epoch: epoch,
+        nodes: nodes(&["n1", "n2", "n3"]),
+        primary,
+        chunks: vec![
+            ChunkState::Ok,
+            ChunkState::Ok,
+            ChunkState::Missing { since_epoch: 2 },
+        ],
+        now_ms: 1_000,
+    };
+    // A takeover (primary 2 to 0) waits for the old primary's lease.
+    let (r, _) = c.apply(i + 2, &parity_out(0, 1));
+    assert!(
+        matches!(r, Err(CatalogueError::LeaseStillValid { .. })),
+        "{r:?}"
+    );
+    // The primary marking its own parity chunk missing does not.
+    let (r, _) = c.apply(i + 3, &parity_out(2, 1));
+    assert!(
+        matches!(r, Ok(Outcome::Extent(ref e)) if e.epoch == 2),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn pr_state_is_compare_and_set() {
     let (mut c, i) = setup();
     let l = c.lun_by_name("a").unwrap().id;

@@ -27,8 +27,43 @@ use rand::{Rng, SeedableRng};
 use crate::checker::{Model, Report, BLOCK};
 use crate::faults::Faults;
 
-pub const CHUNKSERVERS: usize = 4;
 pub const GATEWAYS: usize = 2;
+
+/// The cluster a run simulates: its LUN's profile, its chunkservers, and
+/// when a chunk whose holder stays away moves (`--ec`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub k: u8,
+    pub m: u8,
+    pub chunkservers: usize,
+    pub replace_after_secs: u64,
+}
+
+impl Shape {
+    /// `3+1` on four nodes: no node could take a moved chunk.
+    pub const XOR: Shape = Shape {
+        k: 3,
+        m: 1,
+        chunkservers: 4,
+        replace_after_secs: 0,
+    };
+    /// `3+2` (Reed–Solomon) on six nodes, chunks of a node away for 4 s
+    /// moved to the spare one (crashes last 0.3–6 s).
+    pub const RS: Shape = Shape {
+        k: 3,
+        m: 2,
+        chunkservers: 6,
+        replace_after_secs: 4,
+    };
+
+    pub fn parse(text: &str) -> Option<Shape> {
+        match text {
+            "3+1" => Some(Shape::XOR),
+            "3+2" => Some(Shape::RS),
+            _ => None,
+        }
+    }
+}
 /// Every host listens on this port of its own address.
 const PORT: u16 = 7400;
 /// One simulation step.
@@ -76,7 +111,7 @@ fn tls(creds: &NodeCredentials) -> TlsConfig {
 }
 
 impl Certs {
-    pub fn generate() -> Certs {
+    pub fn generate(shape: Shape) -> Certs {
         let ca = Ca::generate("weft-sim").expect("CA");
         let make = |role: Role, id: &str| {
             let node = ca
@@ -92,7 +127,7 @@ impl Certs {
             }
         };
         Certs {
-            chunkservers: (1..=CHUNKSERVERS)
+            chunkservers: (1..=shape.chunkservers)
                 .map(|i| make(Role::Chunkserver, &cs_name(i)))
                 .collect(),
             gateways: (1..=GATEWAYS)
@@ -120,8 +155,8 @@ fn cs_addr(i: usize) -> SocketAddr {
     SocketAddr::new(host_ip(i), PORT)
 }
 
-fn seeds() -> Vec<Seed> {
-    (1..=CHUNKSERVERS)
+fn seeds(shape: Shape) -> Vec<Seed> {
+    (1..=shape.chunkservers)
         .map(|i| Seed {
             node: NodeId::new(cs_name(i)).expect("node id"),
             addr: cs_addr(i),
@@ -129,9 +164,9 @@ fn seeds() -> Vec<Seed> {
         .collect()
 }
 
-fn node_config(i: usize, root: &Path) -> Config {
+fn node_config(i: usize, root: &Path, shape: Shape) -> Config {
     let dir = root.join(cs_name(i));
-    let seeds = seeds();
+    let seeds = seeds(shape);
     Config {
         node_id: NodeId::new(cs_name(i)).expect("node id"),
         location: Location {
@@ -158,8 +193,7 @@ fn node_config(i: usize, root: &Path) -> Config {
         meta_dir: dir.join("meta"),
         lease_ms: LEASE_MS,
         election_timeout_ms: ELECTION_TIMEOUT_MS,
-        // Four nodes, four chunks per extent: no node could take a chunk.
-        replace_after_secs: 0,
+        replace_after_secs: shape.replace_after_secs,
     }
 }
 
@@ -216,7 +250,7 @@ fn align_task_ids() {
     });
 }
 
-pub fn run_seed(seed: u64, certs: &Certs, trace: bool) -> Result<Report> {
+pub fn run_seed(seed: u64, certs: &Certs, trace: bool, shape: Shape) -> Result<Report> {
     let root_parent = if Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
     } else {
@@ -245,8 +279,8 @@ pub fn run_seed(seed: u64, certs: &Certs, trace: bool) -> Result<Report> {
         .model
         .event(0, &format!("seed {seed} max latency {max_latency_ms} ms"));
 
-    for i in 1..=CHUNKSERVERS {
-        let cfg = node_config(i, root.path());
+    for i in 1..=shape.chunkservers {
+        let cfg = node_config(i, root.path(), shape);
         let tls = tls(&certs.chunkservers[i - 1]);
         sim.host(cs_name(i), move || {
             let cfg = cfg.clone();
@@ -267,10 +301,12 @@ pub fn run_seed(seed: u64, certs: &Certs, trace: bool) -> Result<Report> {
         let sh = shared.clone();
         let gseed = seed ^ (g as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         sim.client(gw_name(g), async move {
-            gateway(g, tls, admin, sh, gseed).await.map_err(sim_err)
+            gateway(g, tls, admin, sh, gseed, shape)
+                .await
+                .map_err(sim_err)
         });
     }
-    for i in 1..=CHUNKSERVERS {
+    for i in 1..=shape.chunkservers {
         let ip = sim.lookup(cs_name(i));
         if ip != host_ip(i) {
             bail!(
@@ -281,7 +317,7 @@ pub fn run_seed(seed: u64, certs: &Certs, trace: bool) -> Result<Report> {
         }
     }
 
-    let mut faults = Faults::new(seed, root.path().to_owned(), max_latency_ms);
+    let mut faults = Faults::new(seed, root.path().to_owned(), max_latency_ms, shape);
     let ticks_max = RUN_MS_MAX / TICK_MS;
     let mut fault_end: Option<u64> = None;
     let mut step = 0u64;
@@ -348,11 +384,12 @@ async fn gateway(
     admin: Option<TlsConfig>,
     sh: SharedRef,
     seed: u64,
+    shape: Shape,
 ) -> Result<()> {
     let me = NodeId::new(gw_name(g))?;
     let client = Client::new(&tls, RpcConfig::default());
     let gossip = Arc::new(Gossip::new(
-        DriverConfig::new(me.clone(), seeds()),
+        DriverConfig::new(me.clone(), seeds(shape)),
         Role::Gateway,
         "sim",
     )?);
@@ -374,7 +411,7 @@ async fn gateway(
         },
     )?;
     let endpoints: Vec<(NodeId, SocketAddr)> =
-        seeds().into_iter().map(|s| (s.node, s.addr)).collect();
+        seeds(shape).into_iter().map(|s| (s.node, s.addr)).collect();
     let meta = Arc::new(MetaClient::new(client.clone(), endpoints.clone()));
     if let Some(admin) = admin {
         let admin = MetaClient::new(Client::new(&admin, RpcConfig::default()), endpoints);
@@ -384,7 +421,10 @@ async fn gateway(
                     name: LUN_NAME.into(),
                     size_bytes: LUN_BYTES,
                     block_size: 4096,
-                    policy: Policy::new(EcProfile { k: 3, m: 1 }),
+                    policy: Policy::new(EcProfile {
+                        k: shape.k,
+                        m: shape.m,
+                    }),
                     naa: [0; 16],
                     serial: String::new(),
                     now_ms: 0,

@@ -2,11 +2,13 @@
 //! links, torn journal tails and flipped bytes in chunk files, drawn from
 //! the seed.
 //!
-//! At most one chunkserver is impaired at a time (k+1 tolerates one lost
-//! chunk per stripe). A node whose files were damaged (torn tail, flipped
+//! At most `m` chunkservers are impaired at a time (a stripe tolerates `m`
+//! lost chunks): with `3+1` one, with `3+2` a second fault may start while
+//! the first is on. A node whose files were damaged (torn tail, flipped
 //! bytes) may still hold unrepaired blocks later, so from then on it is the
-//! only node faults pick: the invariants then promise that no acknowledged
-//! write is lost, and the checker holds the cluster to it.
+//! only node faults pick, one fault at a time: the invariants then promise
+//! that no acknowledged write is lost, and the checker holds the cluster
+//! to it.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -19,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::checker::Model;
-use crate::cluster::{cs_name, node_dir, CHUNKSERVERS};
+use crate::cluster::{cs_name, node_dir, Shape};
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -46,7 +48,14 @@ struct Active {
 pub struct Faults {
     rng: StdRng,
     root: PathBuf,
-    active: Option<Active>,
+    active: Vec<Active>,
+    /// Faults at once at most: the profile's `m`.
+    max_active: usize,
+    /// With `max_active > 1`: no second fault before this step.
+    second_at: u64,
+    /// The second fault of this spell has started (one per spell: the
+    /// cluster then heals before the next spell).
+    second_used: bool,
     /// The node whose files were damaged: the only one faults pick now.
     damaged: Option<usize>,
     /// No new fault before this step.
@@ -55,11 +64,12 @@ pub struct Faults {
     ended_at: u64,
     /// The run's latency bound, restored after a slow spell.
     max_latency_ms: u64,
+    chunkservers: usize,
     pub count: u64,
 }
 
-fn others(node: usize) -> Vec<String> {
-    (1..=CHUNKSERVERS)
+fn others(node: usize, chunkservers: usize) -> Vec<String> {
+    (1..=chunkservers)
         .filter(|i| *i != node)
         .map(cs_name)
         .chain((1..=crate::cluster::GATEWAYS).map(|g| format!("gw{g}")))
@@ -67,15 +77,19 @@ fn others(node: usize) -> Vec<String> {
 }
 
 impl Faults {
-    pub fn new(seed: u64, root: PathBuf, max_latency_ms: u64) -> Faults {
+    pub fn new(seed: u64, root: PathBuf, max_latency_ms: u64, shape: Shape) -> Faults {
         Faults {
             rng: StdRng::seed_from_u64(seed ^ 0xfa17_fa17_fa17_fa17),
             root,
-            active: None,
+            active: Vec::new(),
+            max_active: usize::from(shape.m.max(1)),
+            second_at: 0,
+            second_used: false,
             damaged: None,
             quiet_until: 0,
             ended_at: 0,
             max_latency_ms,
+            chunkservers: shape.chunkservers,
             count: 0,
         }
     }
@@ -90,22 +104,49 @@ impl Faults {
         healthy_checked: Option<u64>,
         model: &mut Model,
     ) -> Result<()> {
-        if let Some(a) = &self.active {
-            if step >= a.until {
-                self.end(sim, step, model)?;
+        let due: Vec<usize> = (0..self.active.len())
+            .filter(|i| self.active.get(*i).is_some_and(|a| step >= a.until))
+            .collect();
+        if !due.is_empty() {
+            for i in due.into_iter().rev() {
+                let a = self.active.remove(i);
+                self.end(sim, a, step, model)?;
+            }
+            if self.active.is_empty() {
                 self.quiet_until = step + self.rng.random_range(100..1_500);
                 self.ended_at = step;
             }
             return Ok(());
         }
-        // One fault at a time: the next waits until the cluster has
-        // repaired what the last one did (every chunk back in service).
-        if step < self.quiet_until || healthy_checked.is_none_or(|h| h <= self.ended_at) {
-            return Ok(());
+        let node = if self.active.is_empty() {
+            // The next spell of faults waits until the cluster has
+            // repaired what the last one did (every chunk back in service).
+            if step < self.quiet_until || healthy_checked.is_none_or(|h| h <= self.ended_at) {
+                return Ok(());
+            }
+            self.damaged
+                .unwrap_or_else(|| self.rng.random_range(1..=self.chunkservers))
+        } else {
+            // A second fault on another node while the first is on.
+            if self.active.len() >= self.max_active
+                || self.second_used
+                || self.damaged.is_some()
+                || step < self.second_at
+            {
+                return Ok(());
+            }
+            self.second_used = true;
+            loop {
+                let n = self.rng.random_range(1..=self.chunkservers);
+                if self.active.iter().all(|a| a.node != n) {
+                    break n;
+                }
+            }
+        };
+        if self.active.is_empty() && self.max_active > 1 {
+            self.second_at = step + self.rng.random_range(0..3_000);
+            self.second_used = false;
         }
-        let node = self
-            .damaged
-            .unwrap_or_else(|| self.rng.random_range(1..=CHUNKSERVERS));
         let kind = match self.rng.random_range(0..10) {
             0..=3 => Kind::Crash,
             4..=5 => Kind::Partition,
@@ -120,20 +161,20 @@ impl Faults {
         match kind {
             Kind::Crash => sim.crash(name.as_str()),
             Kind::Partition | Kind::Hold => {
-                for o in others(node) {
+                for o in others(node, self.chunkservers) {
                     sim.hold(name.as_str(), o.as_str());
                 }
             }
             Kind::Slow => {
                 let lat = Duration::from_millis(self.rng.random_range(200..800));
-                for o in others(node) {
+                for o in others(node, self.chunkservers) {
                     sim.set_link_max_message_latency(name.as_str(), o.as_str(), lat);
                 }
             }
         }
         self.count += 1;
         model.event(step, &format!("fault: {kind:?} {name} for {ms} ms"));
-        self.active = Some(Active {
+        self.active.push(Active {
             node,
             kind,
             until: step + ms,
@@ -141,18 +182,21 @@ impl Faults {
         Ok(())
     }
 
-    /// Ends the active fault (if any): after the fault phase.
+    /// Ends the active faults: after the fault phase.
     pub fn heal(&mut self, sim: &mut turmoil::Sim<'_>, step: u64, model: &mut Model) -> Result<()> {
-        if self.active.is_some() {
-            self.end(sim, step, model)?;
+        for a in std::mem::take(&mut self.active) {
+            self.end(sim, a, step, model)?;
         }
         Ok(())
     }
 
-    fn end(&mut self, sim: &mut turmoil::Sim<'_>, step: u64, model: &mut Model) -> Result<()> {
-        let Some(a) = self.active.take() else {
-            return Ok(());
-        };
+    fn end(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        a: Active,
+        step: u64,
+        model: &mut Model,
+    ) -> Result<()> {
         let name = cs_name(a.node);
         match a.kind {
             Kind::Crash => {
@@ -169,14 +213,14 @@ impl Faults {
                 model.event(step, &format!("restart {name}"));
             }
             Kind::Partition | Kind::Hold => {
-                for o in others(a.node) {
+                for o in others(a.node, self.chunkservers) {
                     sim.release(name.as_str(), o.as_str());
                 }
                 model.event(step, &format!("release {name}"));
             }
             Kind::Slow => {
                 // Back to the run's latency.
-                for o in others(a.node) {
+                for o in others(a.node, self.chunkservers) {
                     sim.set_link_max_message_latency(
                         name.as_str(),
                         o.as_str(),

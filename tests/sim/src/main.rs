@@ -25,6 +25,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: weft-sim [--seeds N] [--from S] [--seed S] [--trace] [--quiet]\n\
          \x20                [--keep-going] [--twice] [--known-failures FILE]\n\
+         \x20                [--ec 3+1|3+2]\n\
          \n\
          Runs N seeds starting at S (default: 20 from 1), or one seed with\n\
          --seed. Prints `seed S ok hash H` per seed; on a failure prints the\n\
@@ -32,7 +33,9 @@ fn usage() -> ! {
          each seed twice and fails if the two traces differ. --trace prints\n\
          every event of the run. RUST_LOG shows the nodes' logs (noisy).\n\
          --known-failures FILE: seeds (one per line, `SEED reason`) that fail\n\
-         for a known reason: their failure is reported, not counted."
+         for a known reason: their failure is reported, not counted.\n\
+         --ec: the LUN's profile: 3+1 (XOR, four nodes; the default) or 3+2\n\
+         (Reed-Solomon, six nodes, a node's chunks moved after 4 s away)."
     );
     std::process::exit(2)
 }
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     let mut quiet = false;
     let mut keep_going = false;
     let mut twice = false;
+    let mut shape = cluster::Shape::XOR;
     let mut known: std::collections::BTreeMap<u64, String> = Default::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -67,6 +71,12 @@ fn main() -> ExitCode {
             "--quiet" => quiet = true,
             "--keep-going" => keep_going = true,
             "--twice" => twice = true,
+            "--ec" => {
+                shape = args
+                    .next()
+                    .and_then(|v| cluster::Shape::parse(&v))
+                    .unwrap_or_else(|| usage())
+            }
             "--known-failures" => {
                 let path = args.next().unwrap_or_else(|| usage());
                 let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
@@ -92,16 +102,16 @@ fn main() -> ExitCode {
             .with_timer(SimTime)
             .init();
     }
-    let certs = cluster::Certs::generate();
+    let certs = cluster::Certs::generate(shape);
     let started = Instant::now();
     let mut stats = checker::Totals::default();
     let mut failed = Vec::new();
     for seed in from..from.saturating_add(seeds) {
         let t = Instant::now();
-        let mut result = cluster::run_seed(seed, &certs, trace);
+        let mut result = cluster::run_seed(seed, &certs, trace, shape);
         if twice {
             if let Ok(first) = &result {
-                result = match cluster::run_seed(seed, &certs, false) {
+                result = match cluster::run_seed(seed, &certs, false, shape) {
                     Ok(again) if again.hash == first.hash => result,
                     Ok(again) => Err(anyhow::anyhow!(
                         "not deterministic: trace hash {:016x} then {:016x}",
