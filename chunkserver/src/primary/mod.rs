@@ -649,19 +649,42 @@ impl Primary {
     /// out of service: until it is back or rebuilt) stays for the next
     /// round. Recomputing from the data is right whatever failed: each
     /// data chunk holds the failed write's data or its old data, both
-    /// allowed for a write that was not acknowledged.
+    /// allowed for a write that was not acknowledged. A record stays
+    /// listed until reconciled, for [`Self::in_doubt`].
     async fn settle_failed(&self) {
-        let failed = std::mem::take(&mut *self.unsettled.lock());
+        let failed = self.unsettled.lock().clone();
         for (seq, entry) in failed {
             match self.reconcile(&entry).await {
-                Ok(()) => self.retire(seq).await,
+                Ok(()) => {
+                    self.unsettled.lock().retain(|(s, _)| *s != seq);
+                    self.retire(seq).await;
+                }
                 Err(err) => {
                     warn!(lun = entry.lun, extent = entry.extent, %err,
                         "reconciling the rows of a failed write; will retry");
-                    self.unsettled.lock().push((seq, entry));
+                    // To the back, behind records added meanwhile.
+                    let mut u = self.unsettled.lock();
+                    u.retain(|(s, _)| *s != seq);
+                    u.push((seq, entry));
                 }
             }
         }
+    }
+
+    /// Whether chunk range `[a, b)` of `e` (an `m ≥ 2` extent) holds rows
+    /// of a failed write not reconciled yet: with more than one parity
+    /// chunk, they may disagree with each other there, so nothing is
+    /// rebuilt from them. (With one, the primary made parity define a
+    /// chunk that missed the write, and rebuilding from it is right.)
+    fn in_doubt(&self, e: &Extent, layout: &Layout, a: u64, b: u64) -> bool {
+        layout.m >= 2
+            && self.unsettled.lock().iter().any(|(_, w)| {
+                w.lun == e.lun
+                    && w.extent == e.index
+                    && parity_columns(layout, w.offset, w.len)
+                        .iter()
+                        .any(|&(x, y)| x < b && a < y)
+            })
     }
 
     /// Takes `seq` off the in-flight set and trims the journal below the
@@ -1053,6 +1076,11 @@ impl Primary {
         a: u64,
         b: u64,
     ) -> Result<Vec<u8>, RpcError> {
+        if self.in_doubt(e, layout, a, b) {
+            return Err(unavailable(
+                "cannot rebuild: rows of a failed write are not reconciled yet",
+            ));
+        }
         let codec = self.codec(layout)?;
         let (k, width) = (layout.k as usize, layout.width());
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; width];
