@@ -183,6 +183,10 @@ pub struct Primary {
     /// full-row write while marking it missing failed too), so the repair
     /// task reconciles them before the record is retired.
     unsettled: Mutex<Vec<(u64, JournalEntry)>>,
+    /// Rows of writes that a chunk missed, while the record is being
+    /// changed to say so, by a number from `missing_tags`.
+    missing_unrecorded: Mutex<Vec<(u64, JournalEntry)>>,
+    missing_tags: AtomicU64,
     /// A missing chunk whose holder has been away this long moves to
     /// another node; `None`: never.
     replace_after: Option<Duration>,
@@ -220,6 +224,8 @@ impl Primary {
             journaled: AtomicU64::new(0),
             replay_pending: Mutex::new(None),
             unsettled: Mutex::new(Vec::new()),
+            missing_unrecorded: Mutex::new(Vec::new()),
+            missing_tags: AtomicU64::new(0),
             replace_after,
             away: Mutex::new(BTreeMap::new()),
         })
@@ -677,14 +683,46 @@ impl Primary {
     /// rebuilt from them. (With one, the primary made parity define a
     /// chunk that missed the write, and rebuilding from it is right.)
     fn in_doubt(&self, e: &Extent, layout: &Layout, a: u64, b: u64) -> bool {
+        let hit = |w: &JournalEntry| {
+            w.lun == e.lun
+                && w.extent == e.index
+                && parity_columns(layout, w.offset, w.len)
+                    .iter()
+                    .any(|&(x, y)| x < b && a < y)
+        };
         layout.m >= 2
-            && self.unsettled.lock().iter().any(|(_, w)| {
-                w.lun == e.lun
-                    && w.extent == e.index
-                    && parity_columns(layout, w.offset, w.len)
-                        .iter()
-                        .any(|&(x, y)| x < b && a < y)
-            })
+            && (self.unsettled.lock().iter().any(|(_, w)| hit(w))
+                || self.missing_unrecorded.lock().iter().any(|(_, w)| hit(w)))
+    }
+
+    /// Records `slots` of `e`, which missed the write at `range` (extent
+    /// offset, length), as missing. Until the record says so those rows
+    /// are in doubt ([`Self::in_doubt`]): taking the extent alone lets a
+    /// rebuild run first, which must not read a chunk that missed the
+    /// write (`weft-sim --ec 3+2 --seed 163`: a parity chunk that missed a
+    /// delta rebuilt another chunk wrong).
+    async fn record_missed(
+        &self,
+        held: &mut Held,
+        e: &mut Extent,
+        layout: &Layout,
+        range: (u64, u64),
+        slots: &[usize],
+    ) -> Result<(), RpcError> {
+        let id = self.missing_tags.fetch_add(1, Ordering::Relaxed);
+        let entry = JournalEntry {
+            lun: e.lun,
+            extent: e.index,
+            offset: range.0,
+            len: range.1,
+        };
+        self.missing_unrecorded.lock().push((id, entry));
+        // Removed however this ends, a cancelled call (its caller gone)
+        // included.
+        let _listed = Unlist(&self.missing_unrecorded, id);
+        self.escalate(held, e).await;
+        *e = self.mark_missing(e, layout, slots).await?;
+        Ok(())
     }
 
     /// Takes `seq` off the in-flight set and trims the journal below the
@@ -814,8 +852,8 @@ impl Primary {
         failed.extend(Self::join_writes(&mut set, e).await?);
         if !failed.is_empty() {
             failed.sort_unstable();
-            self.escalate(held, e).await;
-            *e = self.mark_missing(e, layout, &failed).await?;
+            self.record_missed(held, e, layout, (offset, data.len() as u64), &failed)
+                .await?;
         }
         Ok(())
     }
@@ -977,8 +1015,8 @@ impl Primary {
             }
         }
         if !failed.is_empty() {
-            self.escalate(held, e).await;
-            *e = self.mark_missing(e, layout, &failed).await?;
+            self.record_missed(held, e, layout, (offset, data.len() as u64), &failed)
+                .await?;
         }
         let parity_slots: Vec<usize> = (k..layout.width())
             .filter(|s| e.chunks.get(*s) == Some(&ChunkState::Ok))
@@ -1045,8 +1083,8 @@ impl Primary {
         }
         if !stale.is_empty() {
             stale.sort_unstable();
-            self.escalate(held, e).await;
-            *e = self.mark_missing(e, layout, &stale).await?;
+            self.record_missed(held, e, layout, (offset, data.len() as u64), &stale)
+                .await?;
         }
         Ok(())
     }
@@ -1762,6 +1800,15 @@ impl Primary {
             }
         }
         Ok(())
+    }
+}
+
+/// Takes entry `.1` off list `.0` when dropped.
+struct Unlist<'a>(&'a Mutex<Vec<(u64, JournalEntry)>>, u64);
+
+impl Drop for Unlist<'_> {
+    fn drop(&mut self) {
+        self.0.lock().retain(|(x, _)| *x != self.1);
     }
 }
 
