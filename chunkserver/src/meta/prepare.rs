@@ -121,15 +121,7 @@ pub fn prepare(
                 .luns
                 .get(&lun)
                 .ok_or_else(|| CatalogueError::NoSuchLun(format!("id {lun}")))?;
-            let Some(view) = view else {
-                return Err(MetaError::Unavailable(
-                    "the leader has no view of the cluster yet (gossip)".into(),
-                ));
-            };
-            // A node the catalogue does not know is treated as out: it has
-            // not registered (and holds no lease) yet.
-            let admin = |n: &fabric::NodeId| cat.nodes.get(n).map_or(AdminState::Out, |e| e.admin);
-            let cands = placement::candidates(view, admin, 0);
+            let cands = candidates(cat, view)?;
             let key = ExtentKey { lun, index };
             let nodes = match placement::place(&cands, &l.policy, key, l.chunk_bytes) {
                 Ok(nodes) => nodes,
@@ -170,13 +162,7 @@ pub fn prepare(
                 .luns
                 .get(&lun)
                 .ok_or_else(|| CatalogueError::NoSuchLun(format!("id {lun}")))?;
-            let Some(view) = view else {
-                return Err(MetaError::Unavailable(
-                    "the leader has no view of the cluster yet (gossip)".into(),
-                ));
-            };
-            let admin = |n: &fabric::NodeId| cat.nodes.get(n).map_or(AdminState::Out, |e| e.admin);
-            let cands = placement::candidates(view, admin, 0);
+            let cands = candidates(cat, view)?;
             let node = placement::replace(
                 &cands,
                 &l.policy,
@@ -202,6 +188,22 @@ pub fn prepare(
         },
         other => other,
     }))
+}
+
+/// The nodes placement may choose from, by the leader's gossiped view and
+/// the catalogue's admin states. A node the catalogue does not know is
+/// treated as out: it has not registered (and holds no lease) yet.
+fn candidates(
+    cat: &Catalogue,
+    view: Option<&View>,
+) -> Result<Vec<placement::Candidate>, MetaError> {
+    let Some(view) = view else {
+        return Err(MetaError::Unavailable(
+            "the leader has no view of the cluster yet (gossip)".into(),
+        ));
+    };
+    let admin = |n: &fabric::NodeId| cat.nodes.get(n).map_or(AdminState::Out, |e| e.admin);
+    Ok(placement::candidates(view, admin, 0))
 }
 
 /// Placement for a new extent while nodes in service are down (a 3+1 LUN

@@ -198,6 +198,39 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
+    /// Extent `(lun, index)`, if it is at `expected_epoch`: the
+    /// compare-and-set of every extent change.
+    fn extent_at(
+        &self,
+        lun: u64,
+        index: u64,
+        expected_epoch: u64,
+    ) -> Result<&Extent, CatalogueError> {
+        let e = self
+            .extents
+            .get(&(lun, index))
+            .ok_or(CatalogueError::NoSuchExtent { lun, index })?;
+        if e.epoch != expected_epoch {
+            return Err(CatalogueError::EpochMismatch {
+                have: e.epoch,
+                expected: expected_epoch,
+            });
+        }
+        Ok(e)
+    }
+
+    /// Refuses while `holder`'s lease is still valid at `now_ms`: until
+    /// then it may still be serving its chunks.
+    fn lease_lapsed(&self, holder: &NodeId, now_ms: u64) -> Result<(), CatalogueError> {
+        match self.leases.get(holder) {
+            Some(l) if l.expires_ms > now_ms => Err(CatalogueError::LeaseStillValid {
+                node: holder.to_string(),
+                for_ms: l.expires_ms - now_ms,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn lun_by_name(&self, name: &str) -> Option<&Lun> {
         self.luns.values().find(|l| l.name == name)
     }
@@ -564,19 +597,7 @@ impl Catalogue {
                 chunks,
                 now_ms,
             } => {
-                let e = self
-                    .extents
-                    .get(&(*lun, *index))
-                    .ok_or(CatalogueError::NoSuchExtent {
-                        lun: *lun,
-                        index: *index,
-                    })?;
-                if e.epoch != *expected_epoch {
-                    return Err(CatalogueError::EpochMismatch {
-                        have: e.epoch,
-                        expected: *expected_epoch,
-                    });
-                }
+                let e = self.extent_at(*lun, *index, *expected_epoch)?;
                 if nodes.len() != e.nodes.len()
                     || chunks.len() != e.nodes.len()
                     || usize::from(*primary) >= e.nodes.len()
@@ -604,14 +625,7 @@ impl Catalogue {
                     }
                     if let (ChunkState::Missing { .. }, true) = (st, was_ok) {
                         if let Some(holder) = e.nodes.get(slot) {
-                            if let Some(l) = self.leases.get(holder) {
-                                if l.expires_ms > *now_ms {
-                                    return Err(CatalogueError::LeaseStillValid {
-                                        node: holder.to_string(),
-                                        for_ms: l.expires_ms - now_ms,
-                                    });
-                                }
-                            }
+                            self.lease_lapsed(holder, *now_ms)?;
                         }
                     }
                 }
@@ -677,19 +691,7 @@ impl Catalogue {
                 node,
                 now_ms,
             } => {
-                let e = self
-                    .extents
-                    .get(&(*lun, *index))
-                    .ok_or(CatalogueError::NoSuchExtent {
-                        lun: *lun,
-                        index: *index,
-                    })?;
-                if e.epoch != *expected_epoch {
-                    return Err(CatalogueError::EpochMismatch {
-                        have: e.epoch,
-                        expected: *expected_epoch,
-                    });
-                }
+                let e = self.extent_at(*lun, *index, *expected_epoch)?;
                 let s = usize::from(*slot);
                 let Some(node) = node else {
                     return Err(CatalogueError::BadPlacement(
@@ -700,13 +702,8 @@ impl Catalogue {
                 // holder's lease has lapsed, as for marking it missing.
                 match e.chunks.get(s) {
                     Some(ChunkState::Ok) => {
-                        if let Some(l) = e.nodes.get(s).and_then(|h| self.leases.get(h)) {
-                            if l.expires_ms > *now_ms {
-                                return Err(CatalogueError::LeaseStillValid {
-                                    node: l.node.to_string(),
-                                    for_ms: l.expires_ms - now_ms,
-                                });
-                            }
+                        if let Some(holder) = e.nodes.get(s) {
+                            self.lease_lapsed(holder, *now_ms)?;
                         }
                         let out = e.chunks.iter().filter(|c| **c != ChunkState::Ok).count();
                         let m = self.luns.get(lun).map_or(0, |l| usize::from(l.policy.ec.m));
