@@ -28,6 +28,9 @@ pub const SCRUB_INTERVAL_SECS_DEFAULT: u64 = 86_400;
 /// enough for a reboot, short enough that a second failure rarely lands
 /// while a stripe is degraded.
 pub const REPLACE_AFTER_SECS_DEFAULT: u64 = 600;
+/// How often a chunkserver looks for chunk files it no longer holds (moved
+/// to another node, or of a LUN deleted while it was down), by default.
+pub const GC_INTERVAL_SECS_DEFAULT: u64 = 300;
 /// Largest config file read, in bytes (it is a few lines).
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// Metadata replicas at most (Raft voters): 3 or 5 is the sane range.
@@ -127,14 +130,21 @@ struct Raw {
 struct RawRepair {
     #[serde(default = "replace_after")]
     replace_after_secs: u64,
+    #[serde(default = "gc_interval")]
+    gc_interval_secs: u64,
 }
 
 impl Default for RawRepair {
     fn default() -> Self {
         RawRepair {
             replace_after_secs: replace_after(),
+            gc_interval_secs: gc_interval(),
         }
     }
+}
+
+fn gc_interval() -> u64 {
+    GC_INTERVAL_SECS_DEFAULT
 }
 
 fn replace_after() -> u64 {
@@ -350,6 +360,8 @@ pub struct Config {
     /// A missing chunk whose holder has been away this long is rebuilt on
     /// another node; 0: never (only on its holder, once back).
     pub replace_after_secs: u64,
+    /// How often to delete chunk files this node no longer holds; 0: never.
+    pub gc_interval_secs: u64,
 }
 
 impl Config {
@@ -490,6 +502,7 @@ impl Config {
                 .bytes_max
                 .map_or(JOURNAL_BYTES_MAX_DEFAULT, |b| b.0),
             replace_after_secs: raw.repair.replace_after_secs,
+            gc_interval_secs: raw.repair.gc_interval_secs,
         })
     }
 }
@@ -563,6 +576,7 @@ blocks_per_sec = 100
         assert_eq!(c.store.reserve_bytes, 20 << 30);
         assert_eq!(c.scrub_blocks_per_sec, SCRUB_BLOCKS_PER_SEC_DEFAULT);
         assert_eq!(c.replace_after_secs, REPLACE_AFTER_SECS_DEFAULT);
+        assert_eq!(c.gc_interval_secs, GC_INTERVAL_SECS_DEFAULT);
     }
 
     #[test]

@@ -175,6 +175,14 @@ impl Node {
         if cfg.voters.is_empty() {
             warn!("no [metadata] voters configured: this node serves chunks only");
         } else {
+            if cfg.gc_interval_secs > 0 {
+                tasks.push(crate::gc::spawn(
+                    meta.clone(),
+                    cfg.node_id.clone(),
+                    store.clone(),
+                    Duration::from_secs(cfg.gc_interval_secs),
+                ));
+            }
             tasks.push(meta::agent::spawn(
                 meta.clone(),
                 cfg.node_id.clone(),

@@ -630,6 +630,81 @@ async fn new_extents_and_unmap_while_a_node_is_down() {
     qemu_io(&url, "read -P 0x22 50M 1M").unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
 
+/// `text` without its terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// A data holder away for a short while: the writes it missed (partial
+/// rows, whole rows, an unmap) are copied to it when it returns, from the
+/// primary's record of their ranges, instead of its whole chunk being
+/// rebuilt; after that every stripe is consistent and every write reads
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_holder_is_caught_up_with_only_what_it_missed() {
+    let mut c = cluster_with_lun(128 * MIB).await;
+    let url = c.url(0);
+    let io = |c: &Cluster, cmd: &str| {
+        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+    };
+    // Extent 0 (48 MiB: three 16 MiB data chunks) written whole.
+    io(&c, "write -P 0x11 0 48M");
+    let s = c.summary().await;
+    let (lun, chunk_bytes) = (s.luns[0].id, s.luns[0].chunk_bytes);
+    let e = c.extent(lun, 0).await.unwrap();
+    let victim = c.node_index(&e.nodes[1]);
+    let primary = c.node_index(e.primary_node().unwrap());
+    assert_ne!(victim, primary);
+    c.nodes[victim].kill();
+    // Partial rows, whole rows and an unmap, with chunk 1 away.
+    let missed = [
+        ("write -P 0x22 1M 64K", "read -P 0x22 1M 64K"),
+        ("write -P 0x33 20M 300K", "read -P 0x33 20M 300K"),
+        ("write -P 0x44 30M 3M", "read -P 0x44 30M 3M"),
+        ("discard 40M 192K", "read -P 0 40M 192K"),
+        ("write -P 0x55 47M 4K", "read -P 0x55 47M 4K"),
+    ];
+    for (w, _) in missed {
+        io(&c, w);
+    }
+    c.nodes[victim].start();
+    wait_whole(&c, Duration::from_secs(60)).await;
+    assert_whole(&c).await;
+    for (_, r) in missed {
+        io(&c, r);
+    }
+    io(&c, "read -P 0x11 0 1M");
+    io(&c, "read -P 0x11 10M 10M");
+    let log = strip_ansi(&std::fs::read_to_string(&c.nodes[primary].log).unwrap_or_default());
+    let line = log
+        .lines()
+        .find(|l| l.contains("catching up a chunk") && l.contains("extent=0 slot=1"))
+        .unwrap_or_else(|| panic!("chunk 1 not caught up by its ranges:\n{}", c.logs()));
+    let bytes: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes="))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {line:?}"));
+    eprintln!("caught up: {line}");
+    assert!(
+        bytes < chunk_bytes / 4,
+        "caught up {bytes} of {chunk_bytes} bytes: more than it missed"
+    );
+}
+
 /// A chunkserver that stays away: once `replace_after` has passed, the
 /// primaries move its chunks to the fifth node and rebuild them there,
 /// with no write needed to find them missing; the extents are whole
@@ -637,7 +712,7 @@ async fn new_extents_and_unmap_while_a_node_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_of_a_node_that_stays_away_are_rebuilt_elsewhere() {
     let mut c = Cluster::new(5, 1);
-    c.append_node_config("[repair]\nreplace_after_secs = 3\n");
+    c.append_node_config("[repair]\nreplace_after_secs = 3\ngc_interval_secs = 2\n");
     c.start_nodes().await;
     c.create_lun("data", 96 * MIB, 3).await;
     c.start_gateway(0).await;
@@ -661,6 +736,22 @@ async fn chunks_of_a_node_that_stays_away_are_rebuilt_elsewhere() {
     holders.sort_by_key(|i| std::cmp::Reverse(*i));
     let v = holders[0];
     let victim = cluster::id(&c.nodes[v].name);
+    // Its chunk files, deleted once it is back and they are rebuilt
+    // elsewhere.
+    let files: Vec<std::path::PathBuf> = extents
+        .iter()
+        .flat_map(|e| {
+            e.nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n == victim)
+                .map(|(slot, _)| chunk_file(&c, v, lun, e.index, slot))
+        })
+        .collect();
+    assert!(
+        !files.is_empty() && files.iter().all(|f| f.exists()),
+        "{files:?}"
+    );
     c.nodes[v].kill();
     let started = std::time::Instant::now();
     let end = tokio::time::Instant::now() + Duration::from_secs(90);
@@ -704,6 +795,32 @@ async fn chunks_of_a_node_that_stays_away_are_rebuilt_elsewhere() {
         None,
         "data differs after {victim} returned"
     );
+    // Its copies of the moved chunks are garbage: deleted within a few
+    // collection rounds. The chunks' new holders keep theirs.
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while files.iter().any(|f| f.exists()) {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{victim} kept chunk files it no longer holds: {files:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for e in &extents {
+        let e = c.extent(lun, e.index).await.unwrap();
+        for (slot, n) in e.nodes.iter().enumerate() {
+            let f = chunk_file(&c, c.node_index(n), lun, e.index, slot);
+            assert!(f.exists(), "{f:?} of {n} is gone");
+        }
+    }
+    assert_whole(&c).await;
+}
+
+/// Where node `i` keeps chunk `slot` of extent `index` of LUN `lun`.
+fn chunk_file(c: &Cluster, i: usize, lun: u64, index: u64, slot: usize) -> std::path::PathBuf {
+    c.dir.path().join(format!(
+        "data-{i}/chunks/{lun:016x}/{index:016x}-{slot:02x}.chunk"
+    ))
 }
 
 /// Which nodes of a `3+2` cluster to kill.
