@@ -122,6 +122,44 @@ impl Codec {
         }
     }
 
+    /// Data unit `out` as each parity unit present in `stripe` (the
+    /// stripe's `k+m` units over one range; `out` and absent parity
+    /// `None`) gives it with the other data units, if at least two do and
+    /// all give the same: the stripe is then consistent whatever `out`
+    /// held. `None` if they disagree (one parity unit took a change another
+    /// did not, or a data unit took one no parity did) or fewer than two
+    /// parity units are present: nothing can tell.
+    pub fn solve_if_agreed(&self, stripe: &[Option<Vec<u8>>], out: usize) -> Option<Vec<u8>> {
+        let present: Vec<usize> = (self.k..self.k + self.m)
+            .filter(|p| stripe.get(*p).is_some_and(Option::is_some))
+            .collect();
+        if out >= self.k || present.len() < 2 {
+            return None;
+        }
+        let mut solved: Option<Vec<u8>> = None;
+        for &p in &present {
+            let mut shards: Vec<Option<Vec<u8>>> = stripe
+                .iter()
+                .enumerate()
+                .map(|(s, d)| {
+                    if (s < self.k && s != out) || s == p {
+                        d.clone()
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            self.rebuild(&mut shards).ok()?;
+            let x = shards.get_mut(out).and_then(Option::take)?;
+            match &solved {
+                None => solved = Some(x),
+                Some(y) if *y == x => {}
+                Some(_) => return None,
+            }
+        }
+        solved
+    }
+
     /// Fills every `None` of `shards` (the stripe's `k+m` units over one
     /// range, data then parity) from the others: at least `k` must be
     /// present, all of one length.
@@ -188,6 +226,56 @@ pub fn xor_into(acc: &mut [u8], src: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_is_solved_only_when_every_parity_chunk_agrees() {
+        let (k, m, n) = (3usize, 2usize, 64usize);
+        let c = Codec::new(k as u8, m as u8).unwrap();
+        let data: Vec<Vec<u8>> = (0..k)
+            .map(|i| (0..n).map(|x| (x * 31 + i * 7 + 1) as u8).collect())
+            .collect();
+        let refs: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
+        let parity = c.parity(&refs).unwrap();
+        let stripe = |data: &[Vec<u8>], parity: &[Vec<u8>]| -> Vec<Option<Vec<u8>>> {
+            data.iter().chain(parity).cloned().map(Some).collect()
+        };
+        // Consistent, chunk 1 out: both parity chunks give its contents.
+        let mut s = stripe(&data, &parity);
+        s[1] = None;
+        assert_eq!(c.solve_if_agreed(&s, 1), Some(data[1].clone()));
+        // Chunk 0 took a write whose delta reached the first parity chunk
+        // only: they disagree on chunk 1.
+        let mut d2 = data.clone();
+        d2[0][5] ^= 0x5a;
+        let mut p2 = parity.clone();
+        let mut delta = vec![0u8; n];
+        delta[5] = 0x5a;
+        c.fold_delta(0, 0, &delta, &mut p2[0]);
+        let mut s = stripe(&d2, &p2);
+        s[1] = None;
+        assert_eq!(
+            c.solve_if_agreed(&s, 1),
+            None,
+            "one parity chunk missed a delta"
+        );
+        // The same write reached no parity chunk: they agree with each
+        // other but not with chunk 0, and still disagree on chunk 1.
+        let mut s = stripe(&d2, &parity);
+        s[1] = None;
+        assert_eq!(
+            c.solve_if_agreed(&s, 1),
+            None,
+            "a data chunk took a write no parity did"
+        );
+        // With both deltas the stripe is consistent again.
+        c.fold_delta(1, 0, &delta, &mut p2[1]);
+        let mut s = stripe(&d2, &p2);
+        s[1] = None;
+        assert_eq!(c.solve_if_agreed(&s, 1), Some(data[1].clone()));
+        // One parity chunk present: nothing to compare.
+        s[4] = None;
+        assert_eq!(c.solve_if_agreed(&s, 1), None);
+    }
 
     #[test]
     fn xor_is_its_own_inverse_at_every_length() {
