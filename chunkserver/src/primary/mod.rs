@@ -1041,38 +1041,8 @@ impl Primary {
         // retry's deltas were zero).
         let k = layout.k as usize;
         let codec = self.codec(layout)?;
-        if !deltas.is_empty() {
-            let lo = deltas.iter().map(|(_, a, _)| *a).min().unwrap_or(0);
-            let hi = deltas
-                .iter()
-                .map(|(_, a, d)| a + d.len() as u64)
-                .max()
-                .unwrap_or(lo);
-            for p in 0..layout.m as usize {
-                let slot = k + p;
-                if e.chunks.get(slot) != Some(&ChunkState::Ok) {
-                    continue;
-                }
-                let mut delta = vec![0u8; (hi - lo) as usize];
-                for (j, a, d) in &deltas {
-                    let at = (a - lo) as usize;
-                    codec.fold_delta(p, *j, d, &mut delta[at..at + d.len()]);
-                }
-                let req = ChunkApplyDeltaRequest {
-                    chunk: Self::chunk_ref(e, slot),
-                    epoch: e.epoch,
-                    offset: lo,
-                    durability,
-                };
-                if let Err(err) = self
-                    .call::<ChunkApplyDelta>(e, slot, &req, Bytes::from(delta))
-                    .await
-                {
-                    warn!(chunk = %req.chunk, %err, "parity update failed");
-                    failed.push(slot);
-                }
-            }
-        }
+        self.fold_into_parity(e, layout, &codec, &deltas, durability, &mut failed)
+            .await;
         for j in corrupt {
             let Some((_, aa, buf)) = news.iter().find(|(x, _, _)| *x == j) else {
                 continue;
@@ -1194,16 +1164,54 @@ impl Primary {
         for (d, n) in delta.iter_mut().zip(new.iter()) {
             *d ^= n;
         }
-        for slot in layout.k as usize..layout.width() {
+        self.fold_into_parity(
+            e,
+            layout,
+            codec,
+            &[(j, aa, Bytes::from(delta))],
+            durability,
+            failed,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Folds `deltas` (data chunk, chunk offset, `old ⊕ new`) into every
+    /// parity chunk in service that has not failed yet, as one range from
+    /// the lowest offset to the highest end; a parity chunk that does not
+    /// take it joins `failed`.
+    async fn fold_into_parity(
+        &self,
+        e: &Extent,
+        layout: &Layout,
+        codec: &Codec,
+        deltas: &[(usize, u64, Bytes)],
+        durability: Durability,
+        failed: &mut Vec<usize>,
+    ) {
+        let Some(lo) = deltas.iter().map(|(_, a, _)| *a).min() else {
+            return;
+        };
+        let hi = deltas
+            .iter()
+            .map(|(_, a, d)| a + d.len() as u64)
+            .max()
+            .unwrap_or(lo);
+        let k = layout.k as usize;
+        for p in 0..layout.m as usize {
+            let slot = k + p;
             if e.chunks.get(slot) != Some(&ChunkState::Ok) || failed.contains(&slot) {
                 continue;
             }
-            let mut acc = vec![0u8; delta.len()];
-            codec.fold_delta(slot - layout.k as usize, j, &delta, &mut acc);
+            let mut acc = vec![0u8; (hi - lo) as usize];
+            for (j, a, d) in deltas {
+                let at = (a - lo) as usize;
+                codec.fold_delta(p, *j, d, &mut acc[at..at + d.len()]);
+            }
             let req = ChunkApplyDeltaRequest {
                 chunk: Self::chunk_ref(e, slot),
                 epoch: e.epoch,
-                offset: aa,
+                offset: lo,
                 durability,
             };
             if let Err(err) = self
@@ -1214,7 +1222,6 @@ impl Primary {
                 failed.push(slot);
             }
         }
-        Ok(())
     }
 
     /// The code of `layout`'s profile.
