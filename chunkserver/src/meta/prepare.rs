@@ -275,7 +275,7 @@ fn identifiers() -> ([u8; 16], String) {
 
 /// After a LUN is deleted: ask each holder to delete its chunks. Best
 /// effort: a holder that is down keeps an orphan chunk, which no extent
-/// references (the balancer's garbage collection removes those).
+/// references; it deletes them itself when it is back (`crate::gc`).
 pub fn free_chunks(client: Client, view: Option<std::sync::Arc<View>>, freed: Vec<Extent>) {
     let Some(view) = view else {
         warn!(
