@@ -53,16 +53,21 @@ pub fn orphan(me: &NodeId, id: ChunkId, extent: Option<&Extent>) -> Option<Orpha
 /// One pass: deletes the chunk files the metadata gives to no one here.
 /// Returns how many were deleted.
 pub async fn collect_once(meta: &Meta, me: &NodeId, store: &ChunkStore) -> usize {
-    let extents = match fence_chunks(meta, me, store).await {
-        Ok((_, extents)) => extents,
+    // The fenced chunks (out of service here, moved, or gone) are the
+    // candidates: the chunks listed once, by the fence.
+    let (fenced, extents) = match fence_chunks(meta, me, store).await {
+        Ok(f) => f,
         Err(e) => {
             debug!(%e, "chunk garbage collection: metadata unreadable; next time");
             return 0;
         }
     };
     let mut deleted = 0;
-    for info in store.list() {
-        let id = info.id;
+    // In id order, as the store lists them (a run of `weft-sim` must not
+    // depend on a hash map's order).
+    let mut candidates: Vec<ChunkId> = fenced.into_keys().collect();
+    candidates.sort_unstable();
+    for id in candidates {
         if orphan(me, id, extents.get(&(id.lun, id.extent))).is_none() {
             continue;
         }
@@ -83,10 +88,11 @@ pub async fn collect_once(meta: &Meta, me: &NodeId, store: &ChunkStore) -> usize
         let Some(why) = orphan(me, id, fresh.as_ref()) else {
             continue;
         };
+        let bytes = store.info(id).map_or(0, |i| i.allocated_bytes);
         match store.delete(id).await {
             Ok(()) => {
                 deleted += 1;
-                info!(chunk = %id, ?why, bytes = info.allocated_bytes,
+                info!(chunk = %id, ?why, bytes,
                     "chunk file deleted: this node no longer holds it");
             }
             Err(e) => warn!(chunk = %id, %e, "deleting a chunk this node no longer holds"),

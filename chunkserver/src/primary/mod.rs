@@ -1456,10 +1456,9 @@ impl Primary {
             // A chunk that did not take the punch is rebuilt from the
             // others later: zeroes, as data and parity over these rows are.
             if !failed.is_empty() {
-                self.missed.failed(&e, &failed, &[(a, b)]);
-                let before = e.chunks.clone();
-                e = self.mark_missing(&e, &layout, &failed).await?;
-                self.missed.bind(&e, &before, &failed);
+                let range = (first_full, last_full - first_full);
+                self.record_missed(&mut held, &mut e, &layout, range, &failed)
+                    .await?;
             }
         }
         Ok((ExtentDone { epoch: e.epoch }, Bytes::new()))
