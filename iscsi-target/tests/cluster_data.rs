@@ -705,6 +705,62 @@ async fn a_returning_holder_is_caught_up_with_only_what_it_missed() {
     );
 }
 
+/// A data holder killed and started again at once (a process that crashed
+/// and was restarted): the write that failed against it while it was down
+/// is mended in place once it is back. Marking the chunk missing instead
+/// waited, holding the extent, for the holder's lease to lapse, which a
+/// restarted holder renews: 2 × 3 s + 10 s, and then the write failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_missed_by_a_holder_back_at_once_is_mended_in_place() {
+    let mut c = cluster_with_lun(64 * MIB).await;
+    let url = c.url(0);
+    let io = |c: &Cluster, cmd: &str| {
+        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+    };
+    io(&c, "write -P 0x11 0 48M");
+    let s = c.summary().await;
+    let (lun, unit) = (s.luns[0].id, u64::from(s.luns[0].stripe_unit));
+    let e = c.extent(lun, 0).await.unwrap();
+    let victim = c.node_index(&e.nodes[1]);
+    let primary = c.node_index(e.primary_node().unwrap());
+    assert_ne!(victim, primary);
+    c.nodes[victim].kill();
+    // Row 0 of chunk 1 (LUN bytes unit..2·unit), while its holder is down.
+    let started = std::time::Instant::now();
+    let writer = std::thread::spawn({
+        let (url, cmd) = (url.clone(), format!("write -P 0x22 {unit} 4K"));
+        move || qemu_io(&url, &cmd)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.nodes[victim].start();
+    let written = writer.join().unwrap();
+    let took = started.elapsed();
+    written.unwrap_or_else(|e| panic!("the write failed: {e}\n{}", c.logs()));
+    eprintln!("the write took {took:?}");
+    let log = strip_ansi(&std::fs::read_to_string(&c.nodes[primary].log).unwrap_or_default());
+    assert!(
+        log.contains("mended in place"),
+        "the write did not fail against the killed holder (the test proves nothing), \
+         or was not mended:\n{}",
+        c.logs()
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "the write took {took:?}: it waited for a lease that does not lapse\n{}",
+        c.logs()
+    );
+    let e = c.extent(lun, 0).await.unwrap();
+    assert!(
+        e.chunks
+            .iter()
+            .all(|s| *s == fabric::metadata::ChunkState::Ok),
+        "a chunk was marked missing: {e:?}"
+    );
+    io(&c, &format!("read -P 0x22 {unit} 4K"));
+    io(&c, &format!("read -P 0x11 0 {unit}"));
+    assert_whole(&c).await;
+}
+
 /// A chunkserver that stays away: once `replace_after` has passed, the
 /// primaries move its chunks to the fifth node and rebuild them there,
 /// with no write needed to find them missing; the extents are whole

@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::journal::{Journal, Record};
 use crate::meta::agent::Lease;
@@ -68,6 +68,12 @@ use missed::Missed;
 
 /// Deadline of one chunk call made by the primary.
 const CHUNK_CALL_MS: u64 = 10_000;
+/// Deadline of the calls of one try at mending a missed write in place
+/// ([`Primary::mend`]): short, since a holder that is not back is tried
+/// again a moment later.
+const MEND_CALL_MS: u64 = 1_000;
+/// Pause between proposals of an extent change that waits for a lease.
+const PROPOSE_RETRY_MS: u64 = 250;
 /// How long a read waits for a chunk before rebuilding the range from the
 /// others instead (a slow or stopped holder).
 const HEDGE_MS: u64 = 500;
@@ -449,6 +455,19 @@ impl Primary {
         req: &R::Request,
         payload: Bytes,
     ) -> Result<Bytes, RpcError> {
+        let deadline = Instant::now() + Duration::from_millis(CHUNK_CALL_MS);
+        self.call_by::<R>(e, slot, req, payload, deadline).await
+    }
+
+    /// Calls `R` on the holder of `slot`, giving up at `deadline`.
+    async fn call_by<R: Rpc>(
+        &self,
+        e: &Extent,
+        slot: usize,
+        req: &R::Request,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<Bytes, RpcError> {
         let node = e
             .nodes
             .get(slot)
@@ -456,7 +475,6 @@ impl Primary {
         let route = self
             .route(node)
             .ok_or_else(|| unavailable(format!("no address for {node}")))?;
-        let deadline = Instant::now() + Duration::from_millis(CHUNK_CALL_MS);
         route
             .call::<R>(req, payload, deadline)
             .await
@@ -503,6 +521,18 @@ impl Primary {
     }
 
     async fn read_chunk(&self, e: &Extent, slot: usize, a: u64, b: u64) -> Result<Bytes, RpcError> {
+        let deadline = Instant::now() + Duration::from_millis(CHUNK_CALL_MS);
+        self.read_chunk_by(e, slot, a, b, deadline).await
+    }
+
+    async fn read_chunk_by(
+        &self,
+        e: &Extent,
+        slot: usize,
+        a: u64,
+        b: u64,
+        deadline: Instant,
+    ) -> Result<Bytes, RpcError> {
         if e.chunks.get(slot) != Some(&ChunkState::Ok) {
             return Err(unavailable(format!("chunk {slot} is not in service")));
         }
@@ -512,7 +542,8 @@ impl Primary {
             offset: a,
             len: (b - a) as u32,
         };
-        self.call::<ChunkRead>(e, slot, &req, Bytes::new()).await
+        self.call_by::<ChunkRead>(e, slot, &req, Bytes::new(), deadline)
+            .await
     }
 
     /// The chunk range `[a, b)` (block aligned) of data chunk `slot`,
@@ -753,6 +784,7 @@ impl Primary {
         layout: &Layout,
         range: (u64, u64),
         slots: &[usize],
+        mend: Option<Mend<'_>>,
     ) -> Result<(), RpcError> {
         let id = self.missing_tags.fetch_add(1, Ordering::Relaxed);
         let entry = JournalEntry {
@@ -769,8 +801,144 @@ impl Primary {
             .failed(e, slots, &parity_columns(layout, range.0, range.1));
         self.escalate(held, e).await;
         let before = e.chunks.clone();
-        *e = self.mark_missing(e, layout, slots).await?;
+        let marked = match (self.missing_command(e, layout, slots)?, mend) {
+            (None, _) => e.clone(),
+            (Some(cmd), None) => self.propose_extent(cmd).await?,
+            (Some(cmd), Some(mend)) => {
+                match self.mark_or_mend(cmd, e, layout, slots, mend).await? {
+                    Some(marked) => marked,
+                    None => return Ok(()),
+                }
+            }
+        };
+        if marked.epoch != e.epoch {
+            log_marked(&marked, slots);
+        }
+        *e = marked;
         self.missed.bind(e, &before, slots);
+        Ok(())
+    }
+
+    /// Proposes `cmd`, which marks `slots` of `e` missing, like
+    /// [`Self::propose_extent`]; but while a holder's lease has not lapsed
+    /// (or the metadata cannot answer), it tries between proposals to
+    /// mend the write in place ([`Self::mend`]). A holder whose process
+    /// restarted at once renews its lease: marking it would wait until the
+    /// proposal gives up (2 × lease + 10 s) with the extent held, and then
+    /// fail the write. `None`: mended, nothing marked.
+    async fn mark_or_mend(
+        &self,
+        cmd: Command,
+        e: &Extent,
+        layout: &Layout,
+        slots: &[usize],
+        mend: Mend<'_>,
+    ) -> Result<Option<Extent>, RpcError> {
+        let end = self.proposal_end();
+        loop {
+            match self.propose_once(&cmd).await? {
+                Ok(marked) => return Ok(Some(marked)),
+                Err(err) if Instant::now() >= end => {
+                    return Err(unavailable(format!("metadata: {err}")))
+                }
+                Err(_) => {}
+            }
+            match self.mend(e, layout, slots, mend).await {
+                Ok(()) => {
+                    info!(
+                        lun = e.lun,
+                        extent = e.index,
+                        ?slots,
+                        "a write that chunks missed was mended in place: their holders are back"
+                    );
+                    return Ok(None);
+                }
+                Err(err) => {
+                    debug!(lun = e.lun, extent = e.index, ?slots, %err, "mending a missed write in place failed");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(PROPOSE_RETRY_MS)).await;
+        }
+    }
+
+    /// Brings `slots` of `e`, which did not take a write, up to date in
+    /// place, if gossip says their holders are alive. Every call is an
+    /// overwrite, so it is right whether or not a chunk took the write
+    /// before its call failed. The caller holds the extent alone.
+    async fn mend(
+        &self,
+        e: &Extent,
+        layout: &Layout,
+        slots: &[usize],
+        mend: Mend<'_>,
+    ) -> Result<(), RpcError> {
+        if let Some(s) = slots
+            .iter()
+            .find(|s| !e.nodes.get(**s).is_some_and(|n| self.alive(n)))
+        {
+            return Err(unavailable(format!("the holder of chunk {s} is not alive")));
+        }
+        let deadline = Instant::now() + Duration::from_millis(MEND_CALL_MS);
+        let overwrite = |slot: usize, at: u64, buf: Bytes| {
+            let req = ChunkWriteRequest {
+                chunk: Self::chunk_ref(e, slot),
+                epoch: e.epoch,
+                offset: at,
+                durability: Durability::Stable,
+            };
+            async move {
+                self.call_by::<ChunkOverwrite>(e, slot, &req, buf, deadline)
+                    .await
+            }
+        };
+        match mend {
+            Mend::Rows { at, bufs } => {
+                for (slot, buf) in bufs.iter().filter(|(s, _)| slots.contains(s)) {
+                    overwrite(*slot, at, buf.clone()).await?;
+                }
+            }
+            Mend::Partial { news, cols } => {
+                // Parity is recomputed from the data chunks, so all must
+                // be in service.
+                if e.chunks.iter().any(|c| *c != ChunkState::Ok) {
+                    return Err(unavailable("another chunk of the stripe is out"));
+                }
+                // Everything is read before anything is written: a mend
+                // cut short by a failed read (a bad block) must not leave a
+                // chunk with the write that its parity lacks, as an
+                // overwrite before the reads did (`weft-sim --seed 13`: the
+                // gateway's retry of the write then found nothing to fold,
+                // and a rebuild from the stale parity undid it).
+                let codec = self.codec(layout)?;
+                let mut parity_data = Vec::with_capacity(cols.len());
+                for &(a, b) in cols {
+                    let mut data = Vec::with_capacity(codec.k());
+                    for j in 0..codec.k() {
+                        let new = news
+                            .iter()
+                            .find(|(x, at, buf)| *x == j && *at <= a && b <= at + buf.len() as u64)
+                            .filter(|_| slots.contains(&j));
+                        data.push(match new {
+                            Some((_, at, buf)) => buf.slice((a - at) as usize..(b - at) as usize),
+                            None => {
+                                let mut cur = self.read_chunk_by(e, j, a, b, deadline).await?;
+                                if slots.contains(&j) {
+                                    cur = overlay(cur, a, news.iter().filter(|(x, _, _)| *x == j));
+                                }
+                                cur
+                            }
+                        });
+                    }
+                    parity_data.push((a, data));
+                }
+                for (j, at, buf) in news.iter().filter(|(j, _, _)| slots.contains(j)) {
+                    overwrite(*j, *at, buf.clone()).await?;
+                }
+                for (a, data) in &parity_data {
+                    self.write_parity(e, &codec, *a, data, deadline).await?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -875,7 +1043,7 @@ impl Primary {
             .skipped(e, &parity_columns(layout, offset, data.len() as u64));
         let mut failed = Vec::new();
         let mut set = JoinSet::new();
-        for (slot, buf) in slots {
+        for (slot, buf) in slots.iter().cloned() {
             if e.chunks.get(slot) != Some(&ChunkState::Ok) {
                 continue;
             }
@@ -903,7 +1071,12 @@ impl Primary {
         failed.extend(Self::join_writes(&mut set, e).await?);
         if !failed.is_empty() {
             failed.sort_unstable();
-            self.record_missed(held, e, layout, (offset, data.len() as u64), &failed)
+            let mend = Mend::Rows {
+                at: first,
+                bufs: &slots,
+            };
+            let range = (offset, data.len() as u64);
+            self.record_missed(held, e, layout, range, &failed, Some(mend))
                 .await?;
         }
         Ok(())
@@ -1056,7 +1229,13 @@ impl Primary {
             }
         }
         if !failed.is_empty() {
-            self.record_missed(held, e, layout, (offset, data.len() as u64), &failed)
+            let cols = parity_columns(layout, offset, data.len() as u64);
+            let mend = Mend::Partial {
+                news: &news,
+                cols: &cols,
+            };
+            let range = (offset, data.len() as u64);
+            self.record_missed(held, e, layout, range, &failed, Some(mend))
                 .await?;
         }
         let parity_slots: Vec<usize> = (k..layout.width())
@@ -1124,7 +1303,7 @@ impl Primary {
         }
         if !stale.is_empty() {
             stale.sort_unstable();
-            self.record_missed(held, e, layout, (offset, data.len() as u64), &stale)
+            self.record_missed(held, e, layout, (offset, data.len() as u64), &stale, None)
                 .await?;
         }
         Ok(())
@@ -1318,6 +1497,23 @@ impl Primary {
         layout: &Layout,
         slots: &[usize],
     ) -> Result<Extent, RpcError> {
+        let Some(cmd) = self.missing_command(e, layout, slots)? else {
+            return Ok(e.clone());
+        };
+        let marked = self.propose_extent(cmd).await?;
+        log_marked(&marked, slots);
+        Ok(marked)
+    }
+
+    /// The change that records `slots` of `e` as missing at the next
+    /// epoch; `None` if they are already. Fails if that leaves more than
+    /// `m` chunks out.
+    fn missing_command(
+        &self,
+        e: &Extent,
+        layout: &Layout,
+        slots: &[usize],
+    ) -> Result<Option<Command>, RpcError> {
         let mut chunks = e.chunks.clone();
         for s in slots {
             if let Some(c) = chunks.get_mut(*s) {
@@ -1341,9 +1537,9 @@ impl Primary {
         }
         if chunks == e.chunks {
             // Another write marked them already.
-            return Ok(e.clone());
+            return Ok(None);
         }
-        let cmd = Command::UpdateExtent {
+        Ok(Some(Command::UpdateExtent {
             lun: e.lun,
             index: e.index,
             expected_epoch: e.epoch,
@@ -1351,46 +1547,54 @@ impl Primary {
             primary: e.primary,
             chunks,
             now_ms: 0,
-        };
-        let e2 = self.propose_extent(cmd).await?;
-        info!(
-            lun = e.lun,
-            extent = e.index,
-            ?slots,
-            epoch = e2.epoch,
-            "chunks marked missing"
-        );
-        Ok(e2)
+        }))
+    }
+
+    /// Until when an extent change is proposed again while a lease has not
+    /// lapsed: a lease lapses within its length, plus time for the
+    /// metadata to move.
+    fn proposal_end(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.meta.lease_ms() * 2 + 10_000)
     }
 
     /// Proposes an extent change, retrying while a lease has not lapsed.
     async fn propose_extent(&self, cmd: Command) -> Result<Extent, RpcError> {
-        let from = match &cmd {
+        let end = self.proposal_end();
+        loop {
+            match self.propose_once(&cmd).await? {
+                Ok(e2) => return Ok(e2),
+                Err(err) if Instant::now() >= end => {
+                    return Err(unavailable(format!("metadata: {err}")))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(PROPOSE_RETRY_MS)).await,
+            }
+        }
+    }
+
+    /// Proposes an extent change once. `Ok(Err(_))`: a lease has not
+    /// lapsed, or the metadata cannot answer now; worth trying again.
+    async fn propose_once(&self, cmd: &Command) -> Result<Result<Extent, MetaError>, RpcError> {
+        let from = match cmd {
             Command::UpdateExtent { expected_epoch, .. }
             | Command::ReplaceChunk { expected_epoch, .. } => Some(*expected_epoch),
             _ => None,
         };
-        let end = Instant::now() + Duration::from_millis(self.meta.lease_ms() * 2 + 10_000);
-        loop {
-            match self.meta.write(Origin::Node, cmd.clone(), 0).await {
-                Ok(r) => {
-                    if let Outcome::Extent(e2) = r.outcome {
-                        if let Some(from) = from {
-                            self.missed.advanced(e2.lun, e2.index, from, e2.epoch);
-                        }
-                        self.extents.lock().insert((e2.lun, e2.index), e2.clone());
-                        return Ok(e2);
-                    }
+        match self.meta.write(Origin::Node, cmd.clone(), 0).await {
+            Ok(r) => {
+                let Outcome::Extent(e2) = r.outcome else {
                     return Err(unavailable("unexpected metadata outcome"));
+                };
+                if let Some(from) = from {
+                    self.missed.advanced(e2.lun, e2.index, from, e2.epoch);
                 }
-                Err(MetaError::Catalogue(CatalogueError::LeaseStillValid { .. }))
-                | Err(MetaError::Unavailable(_))
-                    if Instant::now() < end =>
-                {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(err) => return Err(unavailable(format!("metadata: {err}"))),
+                self.extents.lock().insert((e2.lun, e2.index), e2.clone());
+                Ok(Ok(e2))
             }
+            Err(
+                err @ (MetaError::Catalogue(CatalogueError::LeaseStillValid { .. })
+                | MetaError::Unavailable(_)),
+            ) => Ok(Err(err)),
+            Err(err) => Err(unavailable(format!("metadata: {err}"))),
         }
     }
 
@@ -1457,7 +1661,7 @@ impl Primary {
             // others later: zeroes, as data and parity over these rows are.
             if !failed.is_empty() {
                 let range = (first_full, last_full - first_full);
-                self.record_missed(&mut held, &mut e, &layout, range, &failed)
+                self.record_missed(&mut held, &mut e, &layout, range, &failed, None)
                     .await?;
             }
         }
@@ -1996,24 +2200,38 @@ impl Primary {
                     Err(err) => return Err(err),
                 }
             }
-            let refs: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
-            let parity = codec.parity(&refs).map_err(coding)?;
-            for (p, par) in parity.into_iter().enumerate() {
-                // A parity chunk out of service is rebuilt from the data
-                // when it returns.
-                let slot = k + p;
-                if e.chunks.get(slot) != Some(&ChunkState::Ok) {
-                    continue;
-                }
-                let req = ChunkWriteRequest {
-                    chunk: Self::chunk_ref(&e, slot),
-                    epoch: e.epoch,
-                    offset: a,
-                    durability: Durability::Stable,
-                };
-                self.call::<ChunkOverwrite>(&e, slot, &req, Bytes::from(par))
-                    .await?;
+            let deadline = Instant::now() + Duration::from_millis(CHUNK_CALL_MS);
+            self.write_parity(&e, &codec, a, &data, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the parity of `data` (the `k` data chunks of `e` at chunk
+    /// offset `a`) to each parity chunk in service; one out of service is
+    /// rebuilt from the data when it returns.
+    async fn write_parity(
+        &self,
+        e: &Extent,
+        codec: &Codec,
+        a: u64,
+        data: &[Bytes],
+        deadline: Instant,
+    ) -> Result<(), RpcError> {
+        let refs: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
+        let parity = codec.parity(&refs).map_err(coding)?;
+        for (p, par) in parity.into_iter().enumerate() {
+            let slot = codec.k() + p;
+            if e.chunks.get(slot) != Some(&ChunkState::Ok) {
+                continue;
             }
+            let req = ChunkWriteRequest {
+                chunk: Self::chunk_ref(e, slot),
+                epoch: e.epoch,
+                offset: a,
+                durability: Durability::Stable,
+            };
+            self.call_by::<ChunkOverwrite>(e, slot, &req, Bytes::from(par), deadline)
+                .await?;
         }
         Ok(())
     }
@@ -2054,6 +2272,47 @@ impl Primary {
             ))
         })
     }
+}
+
+/// How a write can bring chunks that did not take it up to date in place
+/// ([`Primary::mend`]).
+#[derive(Clone, Copy)]
+enum Mend<'a> {
+    /// Whole rows: each slot's new contents (data and parity) at chunk
+    /// offset `at`.
+    Rows { at: u64, bufs: &'a [(usize, Bytes)] },
+    /// Partial rows: the new contents of the data chunks written (slot,
+    /// chunk offset, bytes), block aligned; the parity over the write's
+    /// chunk columns `cols` is recomputed from the data.
+    Partial {
+        news: &'a [(usize, u64, Bytes)],
+        cols: &'a [(u64, u64)],
+    },
+}
+
+/// `cur` (chunk bytes from offset `a`) with the parts of `news` (chunk
+/// offset, bytes) that fall within it written over it.
+fn overlay<'a>(cur: Bytes, a: u64, news: impl Iterator<Item = &'a (usize, u64, Bytes)>) -> Bytes {
+    let mut out = BytesMut::from(&cur[..]);
+    let b = a + out.len() as u64;
+    for (_, at, buf) in news {
+        let (x, y) = ((*at).max(a), (at + buf.len() as u64).min(b));
+        if x < y {
+            out[(x - a) as usize..(y - a) as usize]
+                .copy_from_slice(&buf[(x - at) as usize..(y - at) as usize]);
+        }
+    }
+    out.freeze()
+}
+
+fn log_marked(e: &Extent, slots: &[usize]) {
+    info!(
+        lun = e.lun,
+        extent = e.index,
+        ?slots,
+        epoch = e.epoch,
+        "chunks marked missing"
+    );
 }
 
 /// Takes entry `.1` off list `.0` when dropped.

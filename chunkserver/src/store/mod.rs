@@ -538,7 +538,8 @@ impl ChunkStore {
     /// check the format version, load the index, recreate files of chunks
     /// whose file vanished (all blocks marked bad), remove files the index
     /// does not know (a create or delete cut short), and if the last
-    /// process did not close cleanly, bump every version.
+    /// process did not close cleanly, bump every version and sync every
+    /// chunk file.
     pub fn open(cfg: StoreConfig) -> Result<ChunkStore, StoreError> {
         let chunks_dir = cfg.data_dir.join("chunks");
         std::fs::create_dir_all(&chunks_dir)?;
@@ -571,6 +572,11 @@ impl ChunkStore {
             if !opened.was_clean {
                 rec.version = rec.version.saturating_add(VERSION_CRASH_BUMP);
                 changed = true;
+                // What the last process wrote may still be only in the page
+                // cache, and a flush syncs only the chunks written since
+                // this process started: a flush acknowledged later would
+                // not cover those writes.
+                file.sync_data()?;
             }
             if changed {
                 rewrite.push((id, rec.clone()));
