@@ -1161,10 +1161,8 @@ impl Primary {
             .collect();
         self.missed
             .skipped(e, &parity_columns(layout, offset, data.len() as u64));
-        // Data chunks in parallel; each answers its delta. A single one
-        // (a small write) is called from this task: a task of its own
-        // would cost a spawn and a wake-up per write for nothing.
-        let mut calls = Vec::new();
+        // Data chunks in parallel; each answers its delta.
+        let mut set = JoinSet::new();
         for (j, aa, buf) in &news {
             if e.chunks.get(*j) != Some(&ChunkState::Ok) {
                 continue;
@@ -1177,7 +1175,7 @@ impl Primary {
             };
             let route = e.nodes.get(*j).and_then(|n| self.route(n));
             let (j, aa, buf) = (*j, *aa, buf.clone());
-            calls.push(async move {
+            set.spawn(async move {
                 let Some(route) = route else {
                     return (j, aa, Err(unavailable(format!("no address for chunk {j}"))));
                 };
@@ -1189,35 +1187,22 @@ impl Primary {
                 (j, aa, r)
             });
         }
-        let mut answers = Vec::with_capacity(calls.len());
-        if calls.len() == 1 {
-            for call in calls {
-                answers.push(call.await);
-            }
-        } else {
-            let mut set = JoinSet::new();
-            for call in calls {
-                set.spawn(call);
-            }
-            while let Some(res) = set.join_next().await {
-                answers.push(res.map_err(|err| unavailable(err.to_string()))?);
-            }
-        }
         let mut deltas = Vec::new();
         let mut failed = Vec::new();
         let mut corrupt = Vec::new();
-        for answer in answers {
-            match answer {
-                (j, aa, Ok(d)) => deltas.push((j, aa, d)),
-                (j, _, Err(RpcError::Application { code, .. }))
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok((j, aa, Ok(d))) => deltas.push((j, aa, d)),
+                Ok((j, _, Err(RpcError::Application { code, .. })))
                     if code == chunk_error::CHECKSUM =>
                 {
                     corrupt.push(j);
                 }
-                (j, _, Err(err)) => {
+                Ok((j, _, Err(err))) => {
                     warn!(chunk = %Self::chunk_ref(e, j), %err, "chunk write failed");
                     failed.push(j);
                 }
+                Err(err) => return Err(unavailable(err.to_string())),
             }
         }
         self.crash_before_parity();
