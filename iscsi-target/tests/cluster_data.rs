@@ -706,12 +706,40 @@ async fn a_returning_holder_is_caught_up_with_only_what_it_missed() {
 }
 
 /// A data holder killed and started again at once (a process that crashed
-/// and was restarted): the write that failed against it while it was down
-/// is mended in place once it is back. Marking the chunk missing instead
+/// and was restarted): a write that failed against it while it was down is
+/// mended in place once it is back. Marking the chunk missing instead
 /// waited, holding the extent, for the holder's lease to lapse, which a
 /// restarted holder renews: 2 × 3 s + 10 s, and then the write failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_missed_by_a_holder_back_at_once_is_mended_in_place() {
+    // Row 0 of chunk 1 (LUN bytes unit..2·unit).
+    mended_after_a_quick_restart(|unit| {
+        (
+            format!("write -P 0x22 {unit} 4K"),
+            format!("read -P 0x22 {unit} 4K"),
+        )
+    })
+    .await;
+}
+
+/// The same for an unmap of whole rows, which every chunk takes as a hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmap_missed_by_a_holder_back_at_once_is_mended_in_place() {
+    // Rows 0–3 whole (a row is 3·unit of the LUN).
+    mended_after_a_quick_restart(|unit| {
+        (
+            format!("discard 0 {}", 12 * unit),
+            format!("read -P 0 0 {}", 12 * unit),
+        )
+    })
+    .await;
+}
+
+/// Kills the holder of data chunk 1 of extent 0, runs the command that
+/// `cmds(stripe unit)` gives while it is down, starts the holder again
+/// 0.5 s later, and checks that the command was mended in place, soon,
+/// with no chunk marked missing, and reads back.
+async fn mended_after_a_quick_restart(cmds: impl Fn(u64) -> (String, String)) {
     let mut c = cluster_with_lun(64 * MIB).await;
     let url = c.url(0);
     let io = |c: &Cluster, cmd: &str| {
@@ -720,33 +748,33 @@ async fn a_write_missed_by_a_holder_back_at_once_is_mended_in_place() {
     io(&c, "write -P 0x11 0 48M");
     let s = c.summary().await;
     let (lun, unit) = (s.luns[0].id, u64::from(s.luns[0].stripe_unit));
+    let (change, check) = cmds(unit);
     let e = c.extent(lun, 0).await.unwrap();
     let victim = c.node_index(&e.nodes[1]);
     let primary = c.node_index(e.primary_node().unwrap());
     assert_ne!(victim, primary);
     c.nodes[victim].kill();
-    // Row 0 of chunk 1 (LUN bytes unit..2·unit), while its holder is down.
     let started = std::time::Instant::now();
-    let writer = std::thread::spawn({
-        let (url, cmd) = (url.clone(), format!("write -P 0x22 {unit} 4K"));
-        move || qemu_io(&url, &cmd)
+    let changer = std::thread::spawn({
+        let (url, change) = (url.clone(), change.clone());
+        move || qemu_io(&url, &change)
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.nodes[victim].start();
-    let written = writer.join().unwrap();
+    let changed = changer.join().unwrap();
     let took = started.elapsed();
-    written.unwrap_or_else(|e| panic!("the write failed: {e}\n{}", c.logs()));
-    eprintln!("the write took {took:?}");
+    changed.unwrap_or_else(|e| panic!("{change} failed: {e}\n{}", c.logs()));
+    eprintln!("{change} took {took:?}");
     let log = strip_ansi(&std::fs::read_to_string(&c.nodes[primary].log).unwrap_or_default());
     assert!(
         log.contains("mended in place"),
-        "the write did not fail against the killed holder (the test proves nothing), \
+        "{change} did not fail against the killed holder (the test proves nothing), \
          or was not mended:\n{}",
         c.logs()
     );
     assert!(
         took < Duration::from_secs(8),
-        "the write took {took:?}: it waited for a lease that does not lapse\n{}",
+        "{change} took {took:?}: it waited for a lease that does not lapse\n{}",
         c.logs()
     );
     let e = c.extent(lun, 0).await.unwrap();
@@ -756,8 +784,8 @@ async fn a_write_missed_by_a_holder_back_at_once_is_mended_in_place() {
             .all(|s| *s == fabric::metadata::ChunkState::Ok),
         "a chunk was marked missing: {e:?}"
     );
-    io(&c, &format!("read -P 0x22 {unit} 4K"));
-    io(&c, &format!("read -P 0x11 0 {unit}"));
+    io(&c, &check);
+    io(&c, &format!("read -P 0x11 {} {unit}", 12 * unit));
     assert_whole(&c).await;
 }
 

@@ -892,6 +892,23 @@ impl Primary {
             }
         };
         match mend {
+            Mend::Punch {
+                at,
+                len,
+                durability,
+            } => {
+                for &slot in slots {
+                    let req = ChunkPunchRequest {
+                        chunk: Self::chunk_ref(e, slot),
+                        epoch: e.epoch,
+                        offset: at,
+                        len,
+                        durability,
+                    };
+                    self.call_by::<ChunkPunch>(e, slot, &req, Bytes::new(), deadline)
+                        .await?;
+                }
+            }
             Mend::Rows { at, bufs } => {
                 for (slot, buf) in bufs.iter().filter(|(s, _)| slots.contains(s)) {
                     overwrite(*slot, at, buf.clone()).await?;
@@ -1661,7 +1678,12 @@ impl Primary {
             // others later: zeroes, as data and parity over these rows are.
             if !failed.is_empty() {
                 let range = (first_full, last_full - first_full);
-                self.record_missed(&mut held, &mut e, &layout, range, &failed, None)
+                let mend = Mend::Punch {
+                    at: a,
+                    len: b - a,
+                    durability: r.durability,
+                };
+                self.record_missed(&mut held, &mut e, &layout, range, &failed, Some(mend))
                     .await?;
             }
         }
@@ -2287,6 +2309,13 @@ enum Mend<'a> {
     Partial {
         news: &'a [(usize, u64, Bytes)],
         cols: &'a [(u64, u64)],
+    },
+    /// Whole rows punched: chunk range `at..at + len` of every chunk (data
+    /// and parity alike end as zeroes).
+    Punch {
+        at: u64,
+        len: u64,
+        durability: Durability,
     },
 }
 
