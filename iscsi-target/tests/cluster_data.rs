@@ -493,7 +493,9 @@ async fn two_gateways_write_one_lun_and_read_each_others_writes() {
         .map(|(u, cmd)| std::thread::spawn(move || qemu_io(&u, cmd)))
         .collect();
     for h in handles {
-        h.join().unwrap().unwrap_or_else(|e| panic!("write: {e}"));
+        h.join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("write: {e}\n{}", c.logs()));
     }
     // Each gateway reads what the other wrote, and its own.
     for (u, cmd) in [
