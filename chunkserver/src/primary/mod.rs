@@ -455,8 +455,8 @@ impl Primary {
         req: &R::Request,
         payload: Bytes,
     ) -> Result<Bytes, RpcError> {
-        let deadline = Instant::now() + Duration::from_millis(CHUNK_CALL_MS);
-        self.call_by::<R>(e, slot, req, payload, deadline).await
+        self.call_by::<R>(e, slot, req, payload, Self::chunk_deadline())
+            .await
     }
 
     /// Calls `R` on the holder of `slot`, giving up at `deadline`.
@@ -520,9 +520,36 @@ impl Primary {
         Ok(())
     }
 
+    /// Overwrites chunk `slot` of `e` from chunk offset `at` with `buf`,
+    /// giving up at `deadline`.
+    async fn overwrite(
+        &self,
+        e: &Extent,
+        slot: usize,
+        at: u64,
+        buf: Bytes,
+        durability: Durability,
+        deadline: Instant,
+    ) -> Result<(), RpcError> {
+        let req = ChunkWriteRequest {
+            chunk: Self::chunk_ref(e, slot),
+            epoch: e.epoch,
+            offset: at,
+            durability,
+        };
+        self.call_by::<ChunkOverwrite>(e, slot, &req, buf, deadline)
+            .await
+            .map(|_| ())
+    }
+
+    /// The deadline of a chunk call made now.
+    fn chunk_deadline() -> Instant {
+        Instant::now() + Duration::from_millis(CHUNK_CALL_MS)
+    }
+
     async fn read_chunk(&self, e: &Extent, slot: usize, a: u64, b: u64) -> Result<Bytes, RpcError> {
-        let deadline = Instant::now() + Duration::from_millis(CHUNK_CALL_MS);
-        self.read_chunk_by(e, slot, a, b, deadline).await
+        self.read_chunk_by(e, slot, a, b, Self::chunk_deadline())
+            .await
     }
 
     async fn read_chunk_by(
@@ -575,20 +602,16 @@ impl Primary {
         warn!(chunk = %Self::chunk_ref(e, slot), %err, "rebuilding a chunk range from parity");
         let rebuilt = Bytes::from(self.rebuild_range(e, layout, slot, a, b).await?);
         if matches!(&err, RpcError::Application { code, .. } if *code == chunk_error::CHECKSUM) {
-            let req = ChunkWriteRequest {
-                chunk: Self::chunk_ref(e, slot),
-                epoch: e.epoch,
-                offset: a,
-                durability: Durability::Stable,
-            };
+            let chunk = Self::chunk_ref(e, slot);
+            let deadline = Self::chunk_deadline();
             match self
-                .call::<ChunkOverwrite>(e, slot, &req, rebuilt.clone())
+                .overwrite(e, slot, a, rebuilt.clone(), Durability::Stable, deadline)
                 .await
             {
-                Ok(_) => {
-                    info!(chunk = %req.chunk, offset = a, len = b - a, "repaired corrupt blocks")
+                Ok(()) => {
+                    info!(%chunk, offset = a, len = b - a, "repaired corrupt blocks")
                 }
-                Err(e2) => warn!(chunk = %req.chunk, %e2, "repair failed"),
+                Err(e2) => warn!(%chunk, %e2, "repair failed"),
             }
         }
         Ok(rebuilt)
@@ -880,16 +903,7 @@ impl Primary {
         }
         let deadline = Instant::now() + Duration::from_millis(MEND_CALL_MS);
         let overwrite = |slot: usize, at: u64, buf: Bytes| {
-            let req = ChunkWriteRequest {
-                chunk: Self::chunk_ref(e, slot),
-                epoch: e.epoch,
-                offset: at,
-                durability: Durability::Stable,
-            };
-            async move {
-                self.call_by::<ChunkOverwrite>(e, slot, &req, buf, deadline)
-                    .await
-            }
+            self.overwrite(e, slot, at, buf, Durability::Stable, deadline)
         };
         match mend {
             Mend::Punch {
@@ -1303,17 +1317,12 @@ impl Primary {
                 if !parity_slots.contains(&slot) || stale.contains(&slot) {
                     continue;
                 }
-                let req = ChunkWriteRequest {
-                    chunk: Self::chunk_ref(e, slot),
-                    epoch: e.epoch,
-                    offset: *aa,
-                    durability,
-                };
+                let deadline = Self::chunk_deadline();
                 if let Err(err) = self
-                    .call::<ChunkOverwrite>(e, slot, &req, Bytes::from(par))
+                    .overwrite(e, slot, *aa, Bytes::from(par), durability, deadline)
                     .await
                 {
-                    warn!(chunk = %req.chunk, %err, "parity update failed");
+                    warn!(chunk = %Self::chunk_ref(e, slot), %err, "parity update failed");
                     stale.push(slot);
                 }
             }
@@ -1349,14 +1358,9 @@ impl Primary {
     ) -> Result<(), RpcError> {
         let bb = aa + new.len() as u64;
         let mut delta = self.rebuild_range(e, layout, j, aa, bb).await?;
-        let req = ChunkWriteRequest {
-            chunk: Self::chunk_ref(e, j),
-            epoch: e.epoch,
-            offset: aa,
-            durability,
-        };
-        self.call::<ChunkOverwrite>(e, j, &req, new.clone()).await?;
-        info!(chunk = %req.chunk, offset = aa, len = bb - aa, "wrote over corrupt blocks");
+        self.overwrite(e, j, aa, new.clone(), durability, Self::chunk_deadline())
+            .await?;
+        info!(chunk = %Self::chunk_ref(e, j), offset = aa, len = bb - aa, "wrote over corrupt blocks");
         for (d, n) in delta.iter_mut().zip(new.iter()) {
             *d ^= n;
         }
@@ -2014,14 +2018,16 @@ impl Primary {
             while pos < b {
                 let n = step.min(b - pos);
                 let acc = self.rebuild_range(&e, &layout, slot, pos, pos + n).await?;
-                let req = ChunkWriteRequest {
-                    chunk: Self::chunk_ref(&e, slot),
-                    epoch: e.epoch,
-                    offset: pos,
-                    durability: Durability::Buffered,
-                };
-                self.call::<ChunkOverwrite>(&e, slot, &req, Bytes::from(acc))
-                    .await?;
+                let deadline = Self::chunk_deadline();
+                self.overwrite(
+                    &e,
+                    slot,
+                    pos,
+                    Bytes::from(acc),
+                    Durability::Buffered,
+                    deadline,
+                )
+                .await?;
                 pos += n;
             }
         }
@@ -2207,23 +2213,18 @@ impl Primary {
                         if code == chunk_error::CHECKSUM && parity_in.len() >= 2 =>
                     {
                         let held = self.parity_agrees(&e, &codec, j, &parity_in, a, b).await?;
-                        let req = ChunkWriteRequest {
-                            chunk: Self::chunk_ref(&e, j),
-                            epoch: e.epoch,
-                            offset: a,
-                            durability: Durability::Stable,
-                        };
-                        self.call::<ChunkOverwrite>(&e, j, &req, Bytes::from(held))
+                        let deadline = Self::chunk_deadline();
+                        self.overwrite(&e, j, a, Bytes::from(held), Durability::Stable, deadline)
                             .await?;
-                        info!(chunk = %req.chunk, offset = a, len = b - a,
+                        info!(chunk = %Self::chunk_ref(&e, j), offset = a, len = b - a,
                             "repaired corrupt blocks from agreeing parity chunks");
                         continue 'piece;
                     }
                     Err(err) => return Err(err),
                 }
             }
-            let deadline = Instant::now() + Duration::from_millis(CHUNK_CALL_MS);
-            self.write_parity(&e, &codec, a, &data, deadline).await?;
+            self.write_parity(&e, &codec, a, &data, Self::chunk_deadline())
+                .await?;
         }
         Ok(())
     }
@@ -2246,13 +2247,7 @@ impl Primary {
             if e.chunks.get(slot) != Some(&ChunkState::Ok) {
                 continue;
             }
-            let req = ChunkWriteRequest {
-                chunk: Self::chunk_ref(e, slot),
-                epoch: e.epoch,
-                offset: a,
-                durability: Durability::Stable,
-            };
-            self.call_by::<ChunkOverwrite>(e, slot, &req, Bytes::from(par), deadline)
+            self.overwrite(e, slot, a, Bytes::from(par), Durability::Stable, deadline)
                 .await?;
         }
         Ok(())
