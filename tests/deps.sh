@@ -24,6 +24,14 @@ missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# QEMU's iscsi driver must come with the qemu-img of the same version:
+# an image that ships a newer qemu-utils alone (10.x from backports, seen
+# on these machines) loses it when qemu-block-extra 7.2 comes in, unless
+# both are installed together (a downgrade of qemu-utils).
+if ! qemu-img --help 2>/dev/null | grep -qw iscsi; then
+	[[ " ${missing[*]} " == *" qemu-block-extra "* ]] || missing+=(qemu-block-extra)
+	[[ " ${missing[*]} " == *" qemu-utils "* ]] || missing+=(qemu-utils)
+fi
 [ ${#missing[@]} -gt 0 ] || exit 0
 
 sudo=
@@ -37,4 +45,4 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "tests/deps.sh: installing ${missing[*]}"
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
-$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades "${missing[@]}"

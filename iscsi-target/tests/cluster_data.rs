@@ -791,6 +791,99 @@ async fn mended_after_a_quick_restart(cmds: impl Fn(u64) -> (String, String)) {
     assert_whole(&c).await;
 }
 
+/// A write whose call reached data chunk 0, which took it, but whose
+/// answer was lost (its holder aborts right after: a test hook), while the
+/// holder of data chunk 1, which the write also touches, was down: two
+/// chunks of a 3+1 stripe out, so the write fails, and chunk 0 may hold
+/// data its parity lacks. The gateway retries. On chunk 0 the retry finds
+/// `old ⊕ new` = 0, so it must not be acknowledged over that stripe: the
+/// rows are reconciled first (once chunk 1 is back to read). Without that,
+/// the retry was acknowledged with chunk 1 marked missing, and chunk 1,
+/// caught up from the stripe, got chunk 0's change in a block of its own.
+/// Then the holder of chunk 0 is killed, and the row, rebuilt from the
+/// others, must read back as acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_over_a_chunk_write_whose_answer_was_lost_is_not_lost() {
+    let mut c = Cluster::new(4, 1);
+    for n in &mut c.nodes {
+        n.set_env("WEFT_TEST_CRASH_POINT", Some("chunk-write:1"));
+    }
+    c.start_nodes().await;
+    c.create_lun("data", 64 * MIB, 3).await;
+    c.start_gateway(0).await;
+    for n in &mut c.nodes {
+        n.set_env("WEFT_TEST_CRASH_POINT", None); // for restarts
+    }
+    let url = c.url(0);
+    let io = |c: &Cluster, cmd: &str| {
+        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+    };
+    let s = c.summary().await;
+    let (lun, unit) = (s.luns[0].id, u64::from(s.luns[0].stripe_unit));
+    let row = 3 * unit;
+    // Row 0 whole: every chunk overwritten, no delta write (no hook).
+    io(&c, &format!("write -P 0x11 0 {row}"));
+    let e = c.extent(lun, 0).await.unwrap();
+    let took = c.node_index(&e.nodes[0]);
+    let down = c.node_index(&e.nodes[1]);
+    let primary = c.node_index(e.primary_node().unwrap());
+    assert!(took != primary && down != primary, "{e:?}");
+    c.nodes[down].kill();
+    // The last block of chunk 0's row 0 and the first of chunk 1's.
+    let at = unit - 4096;
+    let writer = std::thread::spawn({
+        let url = url.clone();
+        move || qemu_io(&url, &format!("write -P 0x22 {at} 8K"))
+    });
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !c.nodes[took].exited() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the hook never fired: the test proves nothing\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.nodes[took].start();
+    // Long enough for chunk 1's lease to lapse and for it to be marked
+    // missing by a retry (what happened before the fix).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.nodes[down].start();
+    let written = writer.join().unwrap();
+    let log = strip_ansi(&std::fs::read_to_string(&c.nodes[primary].log).unwrap_or_default());
+    assert!(
+        [0, 1]
+            .iter()
+            .all(|j| log.contains(&format!("chunk write failed chunk={lun}/0/{j} "))),
+        "the write did not fail on both chunks (the test proves nothing)\n{}",
+        c.logs()
+    );
+    if let Err(err) = written {
+        // The gateway gave up: the initiator retries.
+        eprintln!("the write failed, retrying it: {err}");
+        io(&c, &format!("write -P 0x22 {at} 8K"));
+    }
+    // Whatever was marked missing is caught up; then the holder that took
+    // the write goes away and its chunk is read from the others.
+    wait_whole(&c, Duration::from_secs(60)).await;
+    c.nodes[took].kill();
+    io(&c, &format!("read -P 0x11 0 {at}"));
+    io(&c, &format!("read -P 0x22 {at} 8K"));
+    io(
+        &c,
+        &format!("read -P 0x11 {} {}", at + 8192, row - at - 8192),
+    );
+    c.nodes[took].start();
+    wait_whole(&c, Duration::from_secs(60)).await;
+    assert_whole(&c).await;
+    io(&c, &format!("read -P 0x11 0 {at}"));
+    io(&c, &format!("read -P 0x22 {at} 8K"));
+    io(
+        &c,
+        &format!("read -P 0x11 {} {}", at + 8192, row - at - 8192),
+    );
+}
+
 /// A chunkserver that stays away: once `replace_after` has passed, the
 /// primaries move its chunks to the fifth node and rebuild them there,
 /// with no write needed to find them missing; the extents are whole

@@ -83,8 +83,9 @@ const HEDGE_MS: u64 = 500;
 const CHANGES_IN_FLIGHT_MAX: usize = 1024;
 /// Test hook: `journal:N` aborts the process after journaling its N-th
 /// write, before sending it to any chunk; `parity:N` after the N-th
-/// write's data chunks have it, before its parity does. Only for the
-/// write-hole tests; unset in every real deployment.
+/// write's data chunks have it, before its parity does; `chunk-write:N`
+/// (the chunk service) after applying its N-th delta write, before
+/// answering it. Only for tests; unset in every real deployment.
 pub const CRASH_POINT_ENV: &str = "WEFT_TEST_CRASH_POINT";
 
 /// Where the test hook aborts.
@@ -113,6 +114,32 @@ struct JournalEntry {
     extent: u64,
     offset: u64,
     len: u64,
+}
+
+/// Rows of a write (`entry`) where chunks `slots` may disagree with the
+/// rest of their stripe.
+#[derive(Clone, Debug)]
+struct Doubt {
+    id: u64,
+    entry: JournalEntry,
+    slots: Vec<usize>,
+}
+
+impl Doubt {
+    /// Whether these rows overlap chunk ranges `cols` of `e`, while a
+    /// chunk in doubt is in service there (once all are out, the chunks
+    /// in service agree and define them).
+    fn holds(&self, e: &Extent, layout: &Layout, cols: &[(u64, u64)]) -> bool {
+        self.entry.lun == e.lun
+            && self.entry.extent == e.index
+            && self
+                .slots
+                .iter()
+                .any(|s| e.chunks.get(*s) == Some(&ChunkState::Ok))
+            && parity_columns(layout, self.entry.offset, self.entry.len)
+                .iter()
+                .any(|&(x, y)| cols.iter().any(|&(a, b)| x < b && a < y))
+    }
 }
 
 fn app(code: u32, detail: impl Into<String>) -> RpcError {
@@ -195,10 +222,12 @@ pub struct Primary {
     /// full-row write while marking it missing failed too), so the repair
     /// task reconciles them before the record is retired.
     unsettled: Mutex<Vec<(u64, JournalEntry)>>,
-    /// Rows of writes that a chunk missed, while the record is being
-    /// changed to say so, by a number from `missing_tags`.
-    missing_unrecorded: Mutex<Vec<(u64, JournalEntry)>>,
-    missing_tags: AtomicU64,
+    /// Rows where chunks may disagree with the rest of their stripe: a
+    /// write's call to them failed (the holder may have applied it or not)
+    /// and the record does not say they are out, while it is being changed
+    /// or since that failed. See [`Self::in_doubt`].
+    doubts: Mutex<Vec<Doubt>>,
+    doubt_ids: AtomicU64,
     /// A missing chunk whose holder has been away this long moves to
     /// another node; `None`: never.
     replace_after: Option<Duration>,
@@ -240,8 +269,8 @@ impl Primary {
             journaled: AtomicU64::new(0),
             replay_pending: Mutex::new(None),
             unsettled: Mutex::new(Vec::new()),
-            missing_unrecorded: Mutex::new(Vec::new()),
-            missing_tags: AtomicU64::new(0),
+            doubts: Mutex::new(Vec::new()),
+            doubt_ids: AtomicU64::new(0),
             replace_after,
             away: Mutex::new(BTreeMap::new()),
             missed: Missed::default(),
@@ -692,6 +721,8 @@ impl Primary {
         let mut held = self.lock(e.lun, e.index).io(first, last).await;
         self.newest(&mut e);
         self.ensure_chunks(&mut held, &mut e, &layout).await?;
+        self.settle_doubts_over(&mut held, &mut e, &layout, r.offset, data.len() as u64)
+            .await?;
         if let Some(c) = compare {
             let cur = self
                 .read_range(&e, &layout, r.offset, c.len() as u64)
@@ -754,12 +785,24 @@ impl Primary {
     /// out of service: until it is back or rebuilt) stays for the next
     /// round. Recomputing from the data is right whatever failed: each
     /// data chunk holds the failed write's data or its old data, both
-    /// allowed for a write that was not acknowledged. A record stays
-    /// listed until reconciled, for [`Self::in_doubt`].
+    /// allowed for a write that was not acknowledged. Rows in doubt
+    /// ([`Self::in_doubt`]) go first: until they are settled nothing is
+    /// rebuilt from them and no write goes over them.
     async fn settle_failed(&self) {
+        let doubts = self.doubts.lock().clone();
+        for d in doubts {
+            match self.reconcile(&d.entry, Some(&d.slots)).await {
+                Ok(()) => self.doubts.lock().retain(|x| x.id != d.id),
+                Err(err) => {
+                    warn!(lun = d.entry.lun, extent = d.entry.extent, slots = ?d.slots, %err,
+                        "reconciling rows where chunks may disagree with their parity; will retry");
+                    self.mark_doubted_away(&d).await;
+                }
+            }
+        }
         let failed = self.unsettled.lock().clone();
         for (seq, entry) in failed {
-            match self.reconcile(&entry).await {
+            match self.reconcile(&entry, None).await {
                 Ok(()) => {
                     self.unsettled.lock().retain(|(s, _)| *s != seq);
                     self.retire(seq).await;
@@ -776,31 +819,149 @@ impl Primary {
         }
     }
 
-    /// Whether chunk range `[a, b)` of `e` (an `m ≥ 2` extent) holds rows
-    /// of a failed write not reconciled yet: with more than one parity
-    /// chunk, they may disagree with each other there, so nothing is
-    /// rebuilt from them. (With one, the primary made parity define a
-    /// chunk that missed the write, and rebuilding from it is right.)
-    fn in_doubt(&self, e: &Extent, layout: &Layout, a: u64, b: u64) -> bool {
-        let hit = |w: &JournalEntry| {
-            w.lun == e.lun
-                && w.extent == e.index
-                && parity_columns(layout, w.offset, w.len)
-                    .iter()
-                    .any(|&(x, y)| x < b && a < y)
+    /// Marks missing the chunks of doubt `d` that are still in service
+    /// while gossip says their holders are away: their rows cannot be
+    /// reconciled without them, and until the record says they are out,
+    /// no write may go over those rows ([`Self::settle_doubts_over`]).
+    /// Tried once per round; the metadata refuses while a lease is valid.
+    async fn mark_doubted_away(&self, d: &Doubt) {
+        let Ok(layout) = self.layout(d.entry.lun).await else {
+            return;
         };
-        layout.m >= 2
-            && (self.unsettled.lock().iter().any(|(_, w)| hit(w))
-                || self.missing_unrecorded.lock().iter().any(|(_, w)| hit(w)))
+        let _held = self.lock(d.entry.lun, d.entry.extent).exclusive().await;
+        let Some(mut e) = self
+            .extents
+            .lock()
+            .get(&(d.entry.lun, d.entry.extent))
+            .cloned()
+        else {
+            return;
+        };
+        self.newest(&mut e);
+        let away: Vec<usize> = d
+            .slots
+            .iter()
+            .copied()
+            .filter(|s| e.chunks.get(*s) == Some(&ChunkState::Ok))
+            .filter(|s| e.nodes.get(*s).is_some_and(|n| !self.alive(n)))
+            .collect();
+        if away.is_empty()
+            || e.primary_node() != Some(&self.me)
+            || !self.lease.valid(LEASE_MARGIN_MS)
+        {
+            return;
+        }
+        let Ok(Some(cmd)) = self.missing_command(&e, &layout, &away) else {
+            return;
+        };
+        if let Ok(Ok(marked)) = self.propose_once(&cmd).await {
+            log_marked(&marked, &away);
+            self.missed.bind(&marked, &e.chunks, &away);
+        }
+    }
+
+    /// Whether chunk range `[a, b)` of `e` holds rows where a chunk in
+    /// service may disagree with the rest of its stripe (a write's call to
+    /// it failed, and it is not recorded as out yet): nothing is rebuilt
+    /// from them until they are reconciled. A chunk rebuilt from a stripe
+    /// that disagrees gets wrong bytes, and a read repair writes them
+    /// (`weft-sim --ec 3+2 --seed 163`: a parity chunk that missed a delta
+    /// rebuilt another chunk wrong).
+    fn in_doubt(&self, e: &Extent, layout: &Layout, a: u64, b: u64) -> bool {
+        self.doubts
+            .lock()
+            .iter()
+            .any(|d| d.holds(e, layout, &[(a, b)]))
+    }
+
+    /// Reconciles, before a write to `[offset, +len)` of `e`, the rows it
+    /// overlaps where chunks may disagree with their parity. The write's
+    /// deltas would be taken against data the parity does not cover: a
+    /// retry of a write whose chunk applied it but whose reply was lost
+    /// finds `old ⊕ new` = 0 and would be acknowledged over a stripe that
+    /// a later rebuild turns back into the old data. Fails (retryable)
+    /// while they cannot be reconciled.
+    async fn settle_doubts_over(
+        &self,
+        held: &mut Held,
+        e: &mut Extent,
+        layout: &Layout,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), RpcError> {
+        let cols = parity_columns(layout, offset, len);
+        if !self.doubts.lock().iter().any(|d| d.holds(e, layout, &cols)) {
+            return Ok(());
+        }
+        self.escalate(held, e).await;
+        let over: Vec<Doubt> = self
+            .doubts
+            .lock()
+            .iter()
+            .filter(|d| d.holds(e, layout, &cols))
+            .cloned()
+            .collect();
+        for d in over {
+            self.reconcile_held(&d.entry, Some(&d.slots))
+                .await
+                .map_err(|err| {
+                    unavailable(format!(
+                        "rows of a failed write are not reconciled yet: {err}"
+                    ))
+                })?;
+            self.doubts.lock().retain(|x| x.id != d.id);
+            info!(
+                lun = e.lun,
+                extent = e.index,
+                offset = d.entry.offset,
+                len = d.entry.len,
+                "reconciled the rows of a failed write before writing over them"
+            );
+        }
+        Ok(())
     }
 
     /// Records `slots` of `e`, which missed the write at `range` (extent
-    /// offset, length), as missing. Until the record says so those rows
-    /// are in doubt ([`Self::in_doubt`]): taking the extent alone lets a
-    /// rebuild run first, which must not read a chunk that missed the
-    /// write (`weft-sim --ec 3+2 --seed 163`: a parity chunk that missed a
-    /// delta rebuilt another chunk wrong).
+    /// offset, length), as missing. Until the record says so, the rows of
+    /// `unsure` (those of `slots` that may now disagree with the rest of
+    /// the stripe: every slot but a data chunk that surely did not take a
+    /// delta write) are in doubt ([`Self::in_doubt`]); and if this fails,
+    /// they stay so until reconciled.
+    #[allow(clippy::too_many_arguments)]
     async fn record_missed(
+        &self,
+        held: &mut Held,
+        e: &mut Extent,
+        layout: &Layout,
+        range: (u64, u64),
+        slots: &[usize],
+        unsure: &[usize],
+        mend: Option<Mend<'_>>,
+    ) -> Result<(), RpcError> {
+        let id = self.doubt_ids.fetch_add(1, Ordering::Relaxed);
+        if !unsure.is_empty() {
+            self.doubts.lock().push(Doubt {
+                id,
+                entry: JournalEntry {
+                    lun: e.lun,
+                    extent: e.index,
+                    offset: range.0,
+                    len: range.1,
+                },
+                slots: unsure.to_vec(),
+            });
+        }
+        let res = self
+            .mark_or_mend_missed(held, e, layout, range, slots, mend)
+            .await;
+        if res.is_ok() {
+            self.doubts.lock().retain(|d| d.id != id);
+        }
+        res
+    }
+
+    /// [`Self::record_missed`]'s work, once its rows are listed in doubt.
+    async fn mark_or_mend_missed(
         &self,
         held: &mut Held,
         e: &mut Extent,
@@ -809,17 +970,6 @@ impl Primary {
         slots: &[usize],
         mend: Option<Mend<'_>>,
     ) -> Result<(), RpcError> {
-        let id = self.missing_tags.fetch_add(1, Ordering::Relaxed);
-        let entry = JournalEntry {
-            lun: e.lun,
-            extent: e.index,
-            offset: range.0,
-            len: range.1,
-        };
-        self.missing_unrecorded.lock().push((id, entry));
-        // Removed however this ends, a cancelled call (its caller gone)
-        // included.
-        let _listed = Unlist(&self.missing_unrecorded, id);
         self.missed
             .failed(e, slots, &parity_columns(layout, range.0, range.1));
         self.escalate(held, e).await;
@@ -1107,7 +1257,7 @@ impl Primary {
                 bufs: &slots,
             };
             let range = (offset, data.len() as u64);
-            self.record_missed(held, e, layout, range, &failed, Some(mend))
+            self.record_missed(held, e, layout, range, &failed, &failed, Some(mend))
                 .await?;
         }
         Ok(())
@@ -1220,6 +1370,9 @@ impl Primary {
         }
         let mut deltas = Vec::new();
         let mut failed = Vec::new();
+        // Data chunks that surely did not take the write: they hold their
+        // old data, which parity (without their deltas) still covers.
+        let mut untouched = Vec::new();
         let mut corrupt = Vec::new();
         while let Some(res) = set.join_next().await {
             match res {
@@ -1231,6 +1384,9 @@ impl Primary {
                 }
                 Ok((j, _, Err(err))) => {
                     warn!(chunk = %Self::chunk_ref(e, j), %err, "chunk write failed");
+                    if refused(&err) {
+                        untouched.push(j);
+                    }
                     failed.push(j);
                 }
                 Err(err) => return Err(unavailable(err.to_string())),
@@ -1266,7 +1422,12 @@ impl Primary {
                 cols: &cols,
             };
             let range = (offset, data.len() as u64);
-            self.record_missed(held, e, layout, range, &failed, Some(mend))
+            let unsure: Vec<usize> = failed
+                .iter()
+                .copied()
+                .filter(|s| !untouched.contains(s))
+                .collect();
+            self.record_missed(held, e, layout, range, &failed, &unsure, Some(mend))
                 .await?;
         }
         let parity_slots: Vec<usize> = (k..layout.width())
@@ -1329,7 +1490,8 @@ impl Primary {
         }
         if !stale.is_empty() {
             stale.sort_unstable();
-            self.record_missed(held, e, layout, (offset, data.len() as u64), &stale, None)
+            let range = (offset, data.len() as u64);
+            self.record_missed(held, e, layout, range, &stale, &stale, None)
                 .await?;
         }
         Ok(())
@@ -1625,6 +1787,8 @@ impl Primary {
         let mut held = self.lock(e.lun, e.index).exclusive().await;
         self.newest(&mut e);
         self.ensure_chunks(&mut held, &mut e, &layout).await?;
+        self.settle_doubts_over(&mut held, &mut e, &layout, r.offset, r.len)
+            .await?;
         let row = layout.row_bytes();
         let first_full = r.offset.div_ceil(row) * row;
         let end = r.offset + r.len;
@@ -1658,40 +1822,75 @@ impl Primary {
         // Whole rows: every chunk (data and parity: the XOR of zeroes is
         // zeroes) punched at the same chunk range.
         if first_full < last_full {
-            let a = first_full / row * layout.unit;
-            let b = last_full / row * layout.unit;
-            self.missed.skipped(&e, &[(a, b)]);
-            let mut failed = Vec::new();
-            for slot in 0..layout.width() {
-                if e.chunks.get(slot) != Some(&ChunkState::Ok) {
-                    continue;
-                }
-                let req = ChunkPunchRequest {
-                    chunk: Self::chunk_ref(&e, slot),
-                    epoch: e.epoch,
-                    offset: a,
-                    len: b - a,
-                    durability: r.durability,
-                };
-                if let Err(err) = self.call::<ChunkPunch>(&e, slot, &req, Bytes::new()).await {
-                    warn!(chunk = %req.chunk, %err, "chunk punch failed");
-                    failed.push(slot);
-                }
-            }
-            // A chunk that did not take the punch is rebuilt from the
-            // others later: zeroes, as data and parity over these rows are.
-            if !failed.is_empty() {
-                let range = (first_full, last_full - first_full);
-                let mend = Mend::Punch {
-                    at: a,
-                    len: b - a,
-                    durability: r.durability,
-                };
-                self.record_missed(&mut held, &mut e, &layout, range, &failed, Some(mend))
-                    .await?;
-            }
+            // Journaled like a write: a primary that dies half way leaves
+            // some chunks punched and others not, which its replay
+            // reconciles.
+            let seq = self
+                .journal_append(&e, first_full, last_full - first_full)
+                .await?;
+            let res = self
+                .punch_rows(
+                    &mut held,
+                    &mut e,
+                    &layout,
+                    first_full,
+                    last_full,
+                    r.durability,
+                )
+                .await;
+            self.settle(seq, &e, first_full, last_full - first_full, res.is_ok())
+                .await;
+            res?;
         }
         Ok((ExtentDone { epoch: e.epoch }, Bytes::new()))
+    }
+
+    /// Punches whole stripe rows `[first_full, last_full)` (extent
+    /// offsets) of every chunk in service, data and parity alike: the XOR
+    /// of zeroes is zeroes.
+    async fn punch_rows(
+        &self,
+        held: &mut Held,
+        e: &mut Extent,
+        layout: &Layout,
+        first_full: u64,
+        last_full: u64,
+        durability: Durability,
+    ) -> Result<(), RpcError> {
+        let row = layout.row_bytes();
+        let a = first_full / row * layout.unit;
+        let b = last_full / row * layout.unit;
+        self.missed.skipped(e, &[(a, b)]);
+        let mut failed = Vec::new();
+        for slot in 0..layout.width() {
+            if e.chunks.get(slot) != Some(&ChunkState::Ok) {
+                continue;
+            }
+            let req = ChunkPunchRequest {
+                chunk: Self::chunk_ref(e, slot),
+                epoch: e.epoch,
+                offset: a,
+                len: b - a,
+                durability,
+            };
+            if let Err(err) = self.call::<ChunkPunch>(e, slot, &req, Bytes::new()).await {
+                warn!(chunk = %req.chunk, %err, "chunk punch failed");
+                failed.push(slot);
+            }
+        }
+        // A chunk that did not take the punch is rebuilt from the others
+        // later: zeroes, as data and parity over these rows are.
+        if !failed.is_empty() {
+            let range = (first_full, last_full - first_full);
+            let mend = Mend::Punch {
+                at: a,
+                len: b - a,
+                durability,
+            };
+            self.record_missed(held, e, layout, range, &failed, &failed, Some(mend))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Makes every write acknowledged so far durable on every chunk in
@@ -2100,7 +2299,7 @@ impl Primary {
             loop {
                 for (key, list) in todo.iter_mut() {
                     while let Some((seq, entry)) = list.front() {
-                        match p.reconcile(entry).await {
+                        match p.reconcile(entry, None).await {
                             Ok(()) => {
                                 p.retire(*seq).await;
                                 list.pop_front();
@@ -2142,7 +2341,7 @@ impl Primary {
         };
         let p = self.clone();
         tokio::spawn(async move {
-            while let Err(err) = p.reconcile(&entry).await {
+            while let Err(err) = p.reconcile(&entry, None).await {
                 warn!(lun, extent = index, %err, "recomputing the parity after a takeover; will retry");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -2157,13 +2356,30 @@ impl Primary {
         });
     }
 
-    /// Recomputes the parity of the rows `entry` touched.
-    async fn reconcile(&self, entry: &JournalEntry) -> Result<(), RpcError> {
+    /// Recomputes the parity of the rows `entry` touched (see
+    /// [`Self::reconcile_held`]).
+    async fn reconcile(
+        &self,
+        entry: &JournalEntry,
+        doubt: Option<&[usize]>,
+    ) -> Result<(), RpcError> {
+        let _held = self.lock(entry.lun, entry.extent).exclusive().await;
+        self.reconcile_held(entry, doubt).await
+    }
+
+    /// Recomputes the parity of the rows `entry` touched, with the extent
+    /// held alone. With `doubt`, the chunks known to be the only ones that
+    /// may disagree there: once none of them is in service, the chunks in
+    /// service agree and there is nothing to recompute.
+    async fn reconcile_held(
+        &self,
+        entry: &JournalEntry,
+        doubt: Option<&[usize]>,
+    ) -> Result<(), RpcError> {
         let layout = self.layout(entry.lun).await?;
         if layout.m == 0 {
             return Ok(());
         }
-        let _held = self.lock(entry.lun, entry.extent).exclusive().await;
         // Like every primary action, only under a valid lease: a node back
         // from a crash replays before it has one, and meanwhile another
         // holder may take over and write this parity at a newer epoch.
@@ -2178,6 +2394,9 @@ impl Primary {
             Err(err) => return Err(err),
         };
         if e.primary_node() != Some(&self.me) {
+            return Ok(());
+        }
+        if doubt.is_some_and(|d| d.iter().all(|s| e.chunks.get(*s) != Some(&ChunkState::Ok))) {
             return Ok(());
         }
         let codec = self.codec(&layout)?;
@@ -2339,12 +2558,21 @@ fn log_marked(e: &Extent, slots: &[usize]) {
     );
 }
 
-/// Takes entry `.1` off list `.0` when dropped.
-struct Unlist<'a>(&'a Mutex<Vec<(u64, JournalEntry)>>, u64);
-
-impl Drop for Unlist<'_> {
-    fn drop(&mut self) {
-        self.0.lock().retain(|(x, _)| *x != self.1);
+/// Whether a chunk call surely did not change the chunk: it reached no
+/// handler, or the chunk refused the request before touching its data.
+fn refused(err: &RpcError) -> bool {
+    match err {
+        RpcError::Application { code, .. } => matches!(
+            *code,
+            chunk_error::NOT_FOUND
+                | chunk_error::STALE_EPOCH
+                | chunk_error::OUT_OF_RANGE
+                | chunk_error::MISALIGNED
+                | chunk_error::TOO_LARGE
+                | chunk_error::INVALID
+                | chunk_error::NO_LEASE
+        ),
+        other => other.never_handled(),
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 pub mod fence;
 pub mod io_stats;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -181,6 +182,21 @@ pub struct ChunkService {
     fences: Arc<Fences>,
     /// Every chunk request handled, for `weft top` (`io_stats`).
     io: Arc<IoMeter>,
+    /// Test hook `chunk-write:N` of [`crate::primary::CRASH_POINT_ENV`],
+    /// and the delta writes taken so far.
+    crash_after_write: Option<u64>,
+    writes: Arc<AtomicU64>,
+}
+
+/// Test hook `chunk-write:N`: the process aborts once its N-th delta
+/// write is applied, before answering it (a write applied whose answer is
+/// lost). Unset in every real deployment.
+fn crash_after_write() -> Option<u64> {
+    std::env::var(crate::primary::CRASH_POINT_ENV)
+        .ok()?
+        .strip_prefix("chunk-write:")?
+        .parse()
+        .ok()
 }
 
 impl std::fmt::Debug for ChunkService {
@@ -246,6 +262,8 @@ impl ChunkService {
             lease: None,
             fences: Arc::new(Fences::default()),
             io: Arc::new(IoMeter::new()),
+            crash_after_write: crash_after_write(),
+            writes: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -322,6 +340,12 @@ impl ChunkService {
                 durability(r.durability),
             )
             .await?;
+        if let Some(n) = self.crash_after_write {
+            if self.writes.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                warn!("test hook: aborting after a chunk write, before answering it");
+                std::process::abort();
+            }
+        }
         Ok((Done {}, delta))
     }
 

@@ -54,6 +54,25 @@ pub enum RpcError {
 }
 
 impl RpcError {
+    /// Whether the request surely reached no handler: the peer could not
+    /// be reached, or refused the request whole. For every other error a
+    /// write may have been applied, or not (a deadline that passed, a
+    /// connection lost after the send): a caller that must know which
+    /// can rule it out only for these.
+    pub fn never_handled(&self) -> bool {
+        matches!(
+            self,
+            RpcError::Connect { .. }
+                | RpcError::Unreachable { .. }
+                | RpcError::UnsupportedKind { .. }
+                | RpcError::UnsupportedVersion { .. }
+                | RpcError::Forbidden(_)
+                | RpcError::Overloaded
+                | RpcError::BadRequest(_)
+                | RpcError::NoHandler { .. }
+        )
+    }
+
     /// The error response a server sends for this error, for a request of
     /// `kind`.
     pub fn to_body(&self, kind: Kind) -> ErrorBody {
