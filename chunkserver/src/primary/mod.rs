@@ -510,6 +510,56 @@ impl Primary {
             .map(|(_, b)| b)
     }
 
+    /// Calls `R` on every chunk of `e` in service at once, with the
+    /// request `make(slot)` gives and no payload; answers the slots whose
+    /// call failed, in slot order. (A flush of a 3+1 stripe waits for one
+    /// `fdatasync`, not four in a row.)
+    async fn call_in_service<R: Rpc + 'static>(
+        &self,
+        e: &Extent,
+        make: impl Fn(usize) -> R::Request,
+    ) -> Vec<(usize, RpcError)> {
+        let mut set = JoinSet::new();
+        let mut pending = BTreeSet::new();
+        for slot in 0..e.nodes.len() {
+            if e.chunks.get(slot) != Some(&ChunkState::Ok) {
+                continue;
+            }
+            let req = make(slot);
+            let route = e.nodes.get(slot).and_then(|n| self.route(n));
+            let deadline = Self::chunk_deadline();
+            pending.insert(slot);
+            set.spawn(async move {
+                let res = match route {
+                    Some(route) => route
+                        .call::<R>(&req, Bytes::new(), deadline)
+                        .await
+                        .map(|_| ()),
+                    None => Err(unavailable(format!("no address for chunk {slot}"))),
+                };
+                (slot, res)
+            });
+        }
+        let mut failed = Vec::new();
+        let mut lost = None;
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok((slot, res)) => {
+                    pending.remove(&slot);
+                    if let Err(err) = res {
+                        failed.push((slot, err));
+                    }
+                }
+                Err(err) => lost = Some(err.to_string()),
+            }
+        }
+        if let Some(err) = lost {
+            failed.extend(pending.into_iter().map(|s| (s, unavailable(err.clone()))));
+        }
+        failed.sort_unstable_by_key(|(s, _)| *s);
+        failed
+    }
+
     /// Creates the extent's chunks on their holders the first time. A
     /// holder that cannot create its chunk (down when the extent was
     /// placed) has it marked missing, as a write would.
@@ -523,20 +573,16 @@ impl Primary {
             return Ok(());
         }
         let mut failed = Vec::new();
-        for slot in 0..e.nodes.len() {
-            if e.chunks.get(slot) != Some(&ChunkState::Ok) {
-                continue;
-            }
-            let req = ChunkCreateRequest {
-                chunk: Self::chunk_ref(e, slot),
-                size_bytes: layout.chunk_bytes,
-                epoch: e.epoch,
-            };
-            match self.call::<ChunkCreate>(e, slot, &req, Bytes::new()).await {
-                Ok(_) => {}
-                Err(RpcError::Application { code, .. }) if code == chunk_error::EXISTS => {}
-                Err(err) => {
-                    warn!(chunk = %req.chunk, %err, "creating a chunk failed");
+        let make = |slot| ChunkCreateRequest {
+            chunk: Self::chunk_ref(e, slot),
+            size_bytes: layout.chunk_bytes,
+            epoch: e.epoch,
+        };
+        for (slot, err) in self.call_in_service::<ChunkCreate>(e, make).await {
+            match err {
+                RpcError::Application { code, .. } if code == chunk_error::EXISTS => {}
+                err => {
+                    warn!(chunk = %Self::chunk_ref(e, slot), %err, "creating a chunk failed");
                     failed.push(slot);
                 }
             }
@@ -1443,6 +1489,10 @@ impl Primary {
         // that misses one of these writes is marked missing; if the data
         // cannot be read, all are, which fails the write (retryable).
         let mut stale: Vec<usize> = Vec::new();
+        // Those of `stale` whose overwrite may have been applied: a parity
+        // chunk never sent one (the data unreadable) still agrees with the
+        // data chunks in service, the out one taken as it was.
+        let mut unsure: Vec<usize> = Vec::new();
         for (j, aa, buf) in &news {
             if e.chunks.get(*j) == Some(&ChunkState::Ok) {
                 continue;
@@ -1484,6 +1534,9 @@ impl Primary {
                     .await
                 {
                     warn!(chunk = %Self::chunk_ref(e, slot), %err, "parity update failed");
+                    if !refused(&err) {
+                        unsure.push(slot);
+                    }
                     stale.push(slot);
                 }
             }
@@ -1491,7 +1544,7 @@ impl Primary {
         if !stale.is_empty() {
             stale.sort_unstable();
             let range = (offset, data.len() as u64);
-            self.record_missed(held, e, layout, range, &stale, &stale, None)
+            self.record_missed(held, e, layout, range, &stale, &unsure, None)
                 .await?;
         }
         Ok(())
@@ -1861,22 +1914,17 @@ impl Primary {
         let a = first_full / row * layout.unit;
         let b = last_full / row * layout.unit;
         self.missed.skipped(e, &[(a, b)]);
+        let make = |slot| ChunkPunchRequest {
+            chunk: Self::chunk_ref(e, slot),
+            epoch: e.epoch,
+            offset: a,
+            len: b - a,
+            durability,
+        };
         let mut failed = Vec::new();
-        for slot in 0..layout.width() {
-            if e.chunks.get(slot) != Some(&ChunkState::Ok) {
-                continue;
-            }
-            let req = ChunkPunchRequest {
-                chunk: Self::chunk_ref(e, slot),
-                epoch: e.epoch,
-                offset: a,
-                len: b - a,
-                durability,
-            };
-            if let Err(err) = self.call::<ChunkPunch>(e, slot, &req, Bytes::new()).await {
-                warn!(chunk = %req.chunk, %err, "chunk punch failed");
-                failed.push(slot);
-            }
+        for (slot, err) in self.call_in_service::<ChunkPunch>(e, make).await {
+            warn!(chunk = %Self::chunk_ref(e, slot), %err, "chunk punch failed");
+            failed.push(slot);
         }
         // A chunk that did not take the punch is rebuilt from the others
         // later: zeroes, as data and parity over these rows are.
@@ -1899,15 +1947,12 @@ impl Primary {
     async fn flush(&self, r: ExtentFlushRequest) -> Result<(ExtentDone, Bytes), RpcError> {
         let (e, layout) = self.extent(&r.extent).await?;
         let mut failed = Vec::new();
-        for slot in 0..e.nodes.len() {
-            if e.chunks.get(slot) != Some(&ChunkState::Ok) {
-                continue;
-            }
-            let req = ChunkFlushRequest {};
-            if let Err(err) = self.call::<ChunkFlush>(&e, slot, &req, Bytes::new()).await {
-                warn!(chunk = %Self::chunk_ref(&e, slot), %err, "chunk flush failed");
-                failed.push(slot);
-            }
+        for (slot, err) in self
+            .call_in_service::<ChunkFlush>(&e, |_| ChunkFlushRequest {})
+            .await
+        {
+            warn!(chunk = %Self::chunk_ref(&e, slot), %err, "chunk flush failed");
+            failed.push(slot);
         }
         if failed.is_empty() {
             return Ok((ExtentDone { epoch: e.epoch }, Bytes::new()));
