@@ -884,6 +884,88 @@ async fn a_retry_over_a_chunk_write_whose_answer_was_lost_is_not_lost() {
     );
 }
 
+/// A write that fails with a data chunk of its stripe already out (marked
+/// missing, its holder gone for good) and a second data holder down: its
+/// journal record must not wait for the first chunk to come back before
+/// it is retired (with four nodes it could never be rebuilt elsewhere, and
+/// the record pinned the journal: every later record stayed in it). With
+/// no chunk in doubt over its rows, nothing can disagree there, so the
+/// record is retired once the second holder is back; writes and reads go
+/// on, and once the first holder returns too the extent is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_with_a_chunk_out_does_not_pin_the_journal() {
+    let mut c = cluster_with_lun(64 * MIB).await;
+    let url = c.url(0);
+    let io = |c: &Cluster, cmd: &str| {
+        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+    };
+    let s = c.summary().await;
+    let (lun, unit) = (s.luns[0].id, u64::from(s.luns[0].stripe_unit));
+    let row = 3 * unit;
+    io(&c, &format!("write -P 0x11 0 {row}"));
+    let e = c.extent(lun, 0).await.unwrap();
+    let (d0, d1) = (c.node_index(&e.nodes[0]), c.node_index(&e.nodes[1]));
+    let primary = c.node_index(e.primary_node().unwrap());
+    assert!(d0 != primary && d1 != primary, "{e:?}");
+    // Chunk 0 out: its holder killed, a write to it marks it missing.
+    c.nodes[d0].kill();
+    io(&c, "write -P 0x22 0 4K");
+    let e = c.extent(lun, 0).await.unwrap();
+    assert_ne!(e.chunks[0], fabric::metadata::ChunkState::Ok, "{e:?}");
+    // A write at the new epoch (the chunks in service are checked once
+    // per epoch, before any journal record).
+    io(&c, &format!("write -P 0x44 {} 4K", 2 * unit));
+    // A write to chunk 1 with its holder down too: two chunks out, it
+    // fails after its journal record (the gateway retries it until the
+    // holder is back).
+    c.nodes[d1].kill();
+    let writer = std::thread::spawn({
+        let url = url.clone();
+        move || qemu_io(&url, &format!("write -P 0x33 {unit} 4K"))
+    });
+    let log_of = |c: &Cluster| {
+        strip_ansi(&std::fs::read_to_string(&c.nodes[primary].log).unwrap_or_default())
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while !log_of(&c).contains("chunk write failed chunk=1/0/1") {
+        assert!(
+            std::time::Instant::now() < end,
+            "the write never failed\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.nodes[d1].start();
+    let written = writer.join().unwrap();
+    if let Err(err) = written {
+        eprintln!("the write failed, retrying it: {err}");
+        io(&c, &format!("write -P 0x33 {unit} 4K"));
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while !log_of(&c).contains("journal record is retired") {
+        assert!(
+            std::time::Instant::now() < end,
+            "the failed write's journal record was not retired while chunk 0 is out\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    io(&c, "read -P 0x22 0 4K");
+    io(&c, &format!("read -P 0x33 {unit} 4K"));
+    io(&c, &format!("read -P 0x11 4K {}", unit - 4096));
+    io(&c, &format!("read -P 0x11 {} {}", unit + 4096, unit - 4096));
+    io(&c, &format!("read -P 0x44 {} 4K", 2 * unit));
+    io(
+        &c,
+        &format!("read -P 0x11 {} {}", 2 * unit + 4096, unit - 4096),
+    );
+    c.nodes[d0].start();
+    wait_whole(&c, Duration::from_secs(60)).await;
+    assert_whole(&c).await;
+    io(&c, "read -P 0x22 0 4K");
+    io(&c, &format!("read -P 0x33 {unit} 4K"));
+}
+
 /// A chunkserver that stays away: once `replace_after` has passed, the
 /// primaries move its chunks to the fifth node and rebuild them there,
 /// with no write needed to find them missing; the extents are whole

@@ -116,6 +116,19 @@ struct JournalEntry {
     len: u64,
 }
 
+/// What a reconcile knows of the rows it settles.
+#[derive(Clone, Copy)]
+enum Known<'a> {
+    /// Rows a past run of this node (journal replay) or another primary
+    /// (takeover) left: any chunk may disagree there.
+    Nothing,
+    /// Rows of a write of this process that failed: only chunks of a
+    /// doubt over them ([`Primary::doubts`]) may disagree there.
+    Failed,
+    /// Rows of a doubt: only these chunks may disagree there.
+    Doubt(&'a [usize]),
+}
+
 /// Rows of a write (`entry`) where chunks `slots` may disagree with the
 /// rest of their stripe.
 #[derive(Clone, Debug)]
@@ -837,7 +850,7 @@ impl Primary {
     async fn settle_failed(&self) {
         let doubts = self.doubts.lock().clone();
         for d in doubts {
-            match self.reconcile(&d.entry, Some(&d.slots)).await {
+            match self.reconcile(&d.entry, Known::Doubt(&d.slots)).await {
                 Ok(()) => self.doubts.lock().retain(|x| x.id != d.id),
                 Err(err) => {
                     warn!(lun = d.entry.lun, extent = d.entry.extent, slots = ?d.slots, %err,
@@ -848,10 +861,17 @@ impl Primary {
         }
         let failed = self.unsettled.lock().clone();
         for (seq, entry) in failed {
-            match self.reconcile(&entry, None).await {
+            match self.reconcile(&entry, Known::Failed).await {
                 Ok(()) => {
                     self.unsettled.lock().retain(|(s, _)| *s != seq);
                     self.retire(seq).await;
+                    info!(
+                        lun = entry.lun,
+                        extent = entry.extent,
+                        offset = entry.offset,
+                        len = entry.len,
+                        "the rows of a failed write are settled: its journal record is retired"
+                    );
                 }
                 Err(err) => {
                     warn!(lun = entry.lun, extent = entry.extent, %err,
@@ -948,7 +968,7 @@ impl Primary {
             .cloned()
             .collect();
         for d in over {
-            self.reconcile_held(&d.entry, Some(&d.slots))
+            self.reconcile_held(&d.entry, Known::Doubt(&d.slots))
                 .await
                 .map_err(|err| {
                     unavailable(format!(
@@ -2344,7 +2364,7 @@ impl Primary {
             loop {
                 for (key, list) in todo.iter_mut() {
                     while let Some((seq, entry)) = list.front() {
-                        match p.reconcile(entry, None).await {
+                        match p.reconcile(entry, Known::Nothing).await {
                             Ok(()) => {
                                 p.retire(*seq).await;
                                 list.pop_front();
@@ -2386,7 +2406,7 @@ impl Primary {
         };
         let p = self.clone();
         tokio::spawn(async move {
-            while let Err(err) = p.reconcile(&entry, None).await {
+            while let Err(err) = p.reconcile(&entry, Known::Nothing).await {
                 warn!(lun, extent = index, %err, "recomputing the parity after a takeover; will retry");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -2403,24 +2423,17 @@ impl Primary {
 
     /// Recomputes the parity of the rows `entry` touched (see
     /// [`Self::reconcile_held`]).
-    async fn reconcile(
-        &self,
-        entry: &JournalEntry,
-        doubt: Option<&[usize]>,
-    ) -> Result<(), RpcError> {
+    async fn reconcile(&self, entry: &JournalEntry, known: Known<'_>) -> Result<(), RpcError> {
         let _held = self.lock(entry.lun, entry.extent).exclusive().await;
-        self.reconcile_held(entry, doubt).await
+        self.reconcile_held(entry, known).await
     }
 
     /// Recomputes the parity of the rows `entry` touched, with the extent
-    /// held alone. With `doubt`, the chunks known to be the only ones that
-    /// may disagree there: once none of them is in service, the chunks in
-    /// service agree and there is nothing to recompute.
-    async fn reconcile_held(
-        &self,
-        entry: &JournalEntry,
-        doubt: Option<&[usize]>,
-    ) -> Result<(), RpcError> {
+    /// held alone, unless what is `known` of them says nothing can
+    /// disagree there: rows of a doubt once none of its chunks is in
+    /// service (the chunks in service agree, and define them), or rows of
+    /// a failed write of this process with no doubt over them.
+    async fn reconcile_held(&self, entry: &JournalEntry, known: Known<'_>) -> Result<(), RpcError> {
         let layout = self.layout(entry.lun).await?;
         if layout.m == 0 {
             return Ok(());
@@ -2441,13 +2454,31 @@ impl Primary {
         if e.primary_node() != Some(&self.me) {
             return Ok(());
         }
-        if doubt.is_some_and(|d| d.iter().all(|s| e.chunks.get(*s) != Some(&ChunkState::Ok))) {
-            return Ok(());
+        let columns = parity_columns(&layout, entry.offset, entry.len);
+        let out_data = (0..layout.k as usize).any(|j| e.chunks.get(j) != Some(&ChunkState::Ok));
+        match known {
+            Known::Doubt(d) if d.iter().all(|s| e.chunks.get(*s) != Some(&ChunkState::Ok)) => {
+                return Ok(());
+            }
+            // The data cannot all be read, and needs not be: with no
+            // doubt over its rows, each chunk took the write whole or
+            // surely not at all. Waiting would pin the journal until the
+            // chunk is back or rebuilt elsewhere (ten minutes by default).
+            Known::Failed
+                if out_data
+                    && !self
+                        .doubts
+                        .lock()
+                        .iter()
+                        .any(|d| d.holds(&e, &layout, &columns)) =>
+            {
+                return Ok(());
+            }
+            _ => {}
         }
         let codec = self.codec(&layout)?;
         let k = layout.k as usize;
         let step = u64::from(EXTENT_IO_BYTES_MAX);
-        let columns = parity_columns(&layout, entry.offset, entry.len);
         let pieces = columns.iter().flat_map(|&(a, b)| {
             (a..b)
                 .step_by(step as usize)
