@@ -791,6 +791,34 @@ async fn mended_after_a_quick_restart(cmds: impl Fn(u64) -> (String, String)) {
     assert_whole(&c).await;
 }
 
+/// Extent 0 of the cluster's LUN once its row 0 is written whole with
+/// 0x11 through gateway 0: the LUN, its stripe unit, and the nodes (by
+/// index) holding data chunks 0 and 1 and the primary, checked to differ.
+struct Row0 {
+    lun: u64,
+    unit: u64,
+    chunk0: usize,
+    chunk1: usize,
+    primary: usize,
+}
+
+async fn write_row_0(c: &Cluster) -> Row0 {
+    let s = c.summary().await;
+    let (lun, unit) = (s.luns[0].id, u64::from(s.luns[0].stripe_unit));
+    let cmd = format!("write -P 0x11 0 {}", 3 * unit);
+    qemu_io(&c.url(0), &cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+    let e = c.extent(lun, 0).await.unwrap();
+    let r = Row0 {
+        lun,
+        unit,
+        chunk0: c.node_index(&e.nodes[0]),
+        chunk1: c.node_index(&e.nodes[1]),
+        primary: c.node_index(e.primary_node().unwrap()),
+    };
+    assert!(r.chunk0 != r.primary && r.chunk1 != r.primary, "{e:?}");
+    r
+}
+
 /// A write whose call reached data chunk 0, which took it, but whose
 /// answer was lost (its holder aborts right after: a test hook), while the
 /// holder of data chunk 1, which the write also touches, was down: two
@@ -818,16 +846,15 @@ async fn a_retry_over_a_chunk_write_whose_answer_was_lost_is_not_lost() {
     let io = |c: &Cluster, cmd: &str| {
         qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
     };
-    let s = c.summary().await;
-    let (lun, unit) = (s.luns[0].id, u64::from(s.luns[0].stripe_unit));
-    let row = 3 * unit;
     // Row 0 whole: every chunk overwritten, no delta write (no hook).
-    io(&c, &format!("write -P 0x11 0 {row}"));
-    let e = c.extent(lun, 0).await.unwrap();
-    let took = c.node_index(&e.nodes[0]);
-    let down = c.node_index(&e.nodes[1]);
-    let primary = c.node_index(e.primary_node().unwrap());
-    assert!(took != primary && down != primary, "{e:?}");
+    let Row0 {
+        lun,
+        unit,
+        chunk0: took,
+        chunk1: down,
+        primary,
+    } = write_row_0(&c).await;
+    let row = 3 * unit;
     c.nodes[down].kill();
     // The last block of chunk 0's row 0 and the first of chunk 1's.
     let at = unit - 4096;
@@ -899,14 +926,13 @@ async fn a_failed_write_with_a_chunk_out_does_not_pin_the_journal() {
     let io = |c: &Cluster, cmd: &str| {
         qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
     };
-    let s = c.summary().await;
-    let (lun, unit) = (s.luns[0].id, u64::from(s.luns[0].stripe_unit));
-    let row = 3 * unit;
-    io(&c, &format!("write -P 0x11 0 {row}"));
-    let e = c.extent(lun, 0).await.unwrap();
-    let (d0, d1) = (c.node_index(&e.nodes[0]), c.node_index(&e.nodes[1]));
-    let primary = c.node_index(e.primary_node().unwrap());
-    assert!(d0 != primary && d1 != primary, "{e:?}");
+    let Row0 {
+        lun,
+        unit,
+        chunk0: d0,
+        chunk1: d1,
+        primary,
+    } = write_row_0(&c).await;
     // Chunk 0 out: its holder killed, a write to it marks it missing.
     c.nodes[d0].kill();
     io(&c, "write -P 0x22 0 4K");
