@@ -340,6 +340,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         capacity_bytes: 2 * size,
         reserve_bytes: 0,
         chunk_bytes_max: size,
+        boot_id_path: chunkserver::store::BOOT_ID_PATH.into(),
     })?);
     let id = ChunkId {
         lun: 1,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::journal::JOURNAL_BYTES_MAX_DEFAULT;
 use crate::service::CAPACITY_INTERVAL_MS_DEFAULT;
-use crate::store::{StoreConfig, BLOCK_BYTES};
+use crate::store::{StoreConfig, BLOCK_BYTES, BOOT_ID_PATH};
 
 /// Largest chunk accepted by default: a 64 MiB extent over k = 1.
 pub const CHUNK_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
@@ -28,6 +28,11 @@ pub const SCRUB_INTERVAL_SECS_DEFAULT: u64 = 86_400;
 /// enough for a reboot, short enough that a second failure rarely lands
 /// while a stripe is degraded.
 pub const REPLACE_AFTER_SECS_DEFAULT: u64 = 600;
+/// How long after a write the extent primary flushes its chunks, when the
+/// initiator did not, by default: ext4 commits its journal every 5 s. A
+/// node that loses power loses its page cache; until that flush the
+/// journal keeps the write's record, so its rows are reconciled after.
+pub const JOURNAL_FLUSH_AFTER_SECS_DEFAULT: u64 = 5;
 /// How often a chunkserver looks for chunk files it no longer holds (moved
 /// to another node, or of a LUN deleted while it was down), by default.
 pub const GC_INTERVAL_SECS_DEFAULT: u64 = 300;
@@ -269,6 +274,7 @@ struct RawStore {
     #[serde(default = "zero")]
     reserve: ByteSize,
     chunk_bytes_max: Option<ByteSize>,
+    boot_id_path: Option<PathBuf>,
 }
 
 fn zero() -> ByteSize {
@@ -333,6 +339,7 @@ fn capacity_interval() -> u64 {
 struct RawJournal {
     dir: Option<PathBuf>,
     bytes_max: Option<ByteSize>,
+    flush_after_secs: Option<u64>,
 }
 
 /// A checked chunkserver configuration.
@@ -352,6 +359,8 @@ pub struct Config {
     pub capacity_interval_ms: u64,
     pub journal_dir: PathBuf,
     pub journal_bytes_max: u64,
+    /// Writes the initiator has not flushed are flushed this long after.
+    pub journal_flush_after_secs: u64,
     /// The metadata replicas; this node runs one if it is listed.
     pub voters: Vec<Seed>,
     pub meta_dir: PathBuf,
@@ -406,6 +415,16 @@ impl Config {
             return Err(invalid(
                 "store.chunk_bytes_max",
                 format!("{chunk_bytes_max} is not a positive multiple of {BLOCK_BYTES}"),
+            ));
+        }
+        let journal_flush_after_secs = raw
+            .journal
+            .flush_after_secs
+            .unwrap_or(JOURNAL_FLUSH_AFTER_SECS_DEFAULT);
+        if !(1..=3600).contains(&journal_flush_after_secs) {
+            return Err(invalid(
+                "journal.flush_after_secs",
+                format!("{journal_flush_after_secs} is not between 1 and 3600"),
             ));
         }
         if raw.gossip.capacity_interval_ms == 0 {
@@ -487,6 +506,11 @@ impl Config {
                 capacity_bytes: capacity,
                 reserve_bytes: reserve,
                 chunk_bytes_max,
+                boot_id_path: raw
+                    .store
+                    .boot_id_path
+                    .as_deref()
+                    .map_or_else(|| BOOT_ID_PATH.into(), resolve),
             },
             scrub_blocks_per_sec: if raw.scrub.enabled {
                 raw.scrub.blocks_per_sec
@@ -501,6 +525,7 @@ impl Config {
                 .journal
                 .bytes_max
                 .map_or(JOURNAL_BYTES_MAX_DEFAULT, |b| b.0),
+            journal_flush_after_secs,
             replace_after_secs: raw.repair.replace_after_secs,
             gc_interval_secs: raw.repair.gc_interval_secs,
         })
@@ -576,6 +601,7 @@ blocks_per_sec = 100
         assert_eq!(c.store.reserve_bytes, 20 << 30);
         assert_eq!(c.scrub_blocks_per_sec, SCRUB_BLOCKS_PER_SEC_DEFAULT);
         assert_eq!(c.replace_after_secs, REPLACE_AFTER_SECS_DEFAULT);
+        assert_eq!(c.journal_flush_after_secs, JOURNAL_FLUSH_AFTER_SECS_DEFAULT);
         assert_eq!(c.gc_interval_secs, GC_INTERVAL_SECS_DEFAULT);
     }
 

@@ -30,6 +30,9 @@
 //!   0   8  seq: every record up to it is trimmed
 //!   8   4  format version (1)
 //!  12   4  CRC32C of bytes 0..12
+//! settled (12 bytes, written in place, never synced)
+//!   0   8  seq: every record up to it was settled (see below)
+//!   8   4  CRC32C of bytes 0..8
 //! ```
 //!
 //! # Why
@@ -66,6 +69,15 @@
 //!   write but was not kept: in `weft-sim` the extra replay made seeds fail
 //!   (a node unavailable for its whole replay) and lose determinism
 //!   (`docs/benchmarks.md`, "later still").
+//! - **Settled point**: the primary keeps a record until its writes are
+//!   flushed on every chunk (so that a power loss can be reconciled), but
+//!   most of the records a replay then finds were acknowledged, their rows
+//!   agreeing, and need nothing after a mere process crash. The primary
+//!   says up to where every record is so ([`Journal::mark_settled`]),
+//!   written in place with no sync: a process kill keeps it; a power loss
+//!   may take it back or tear it (its CRC then fails and it reads 0), which
+//!   only makes the replay do more. Replay reports it
+//!   ([`Journal::settled_at_open`]).
 //! - **Bounded**: appends past `bytes_max` of live segments fail with
 //!   [`JournalError::Full`] (the primary holds writes until trims catch up);
 //!   records, batches and the queue have named limits.
@@ -108,6 +120,9 @@ pub const QUEUE_REQUESTS_MAX: usize = 1024;
 pub const ROLL_ON_TRIM_BYTES_MIN: u64 = 1024 * 1024;
 
 const TRIM_FILE: &str = "trimmed";
+/// The settled point file (see the module doc).
+const SETTLED_FILE: &str = "settled";
+const SETTLED_FILE_BYTES: usize = 12;
 /// One copy of the trim point: seq, format version, CRC32C of both.
 const TRIM_SLOT_BYTES: usize = 16;
 /// The trim point file holds two copies, written in turn in place: a write
@@ -184,6 +199,10 @@ pub struct JournalStats {
 /// called concurrently.
 pub struct Journal {
     shared: Arc<Shared>,
+    /// The settled point found at open.
+    settled_at_open: u64,
+    /// The settled point file and the highest point written to it.
+    settled: Mutex<(Option<File>, u64)>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -200,6 +219,9 @@ type Pending = (Bytes, oneshot::Sender<Result<u64, JournalError>>);
 struct Shared {
     queue: Mutex<Queue>,
     writer: Mutex<Writer>,
+    /// The seq the next append gets at least (the writer's, as of its last
+    /// batch).
+    next_seq: std::sync::atomic::AtomicU64,
     /// Appends queued and not yet taken by a leader: `QUEUE_REQUESTS_MAX`.
     slots: Semaphore,
 }
@@ -229,17 +251,68 @@ impl Journal {
     /// persisted trim point, in order). Blocking: call it before serving,
     /// or from `spawn_blocking`.
     pub fn open(config: JournalConfig) -> Result<(Journal, Vec<Record>), JournalError> {
+        let path = config.dir.join(SETTLED_FILE);
         let (writer, records) = Writer::open(config)?;
         let queue = Queue {
             stats: writer.stats(),
             ..Queue::default()
         };
+        let settled_at_open = read_settled(&path);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(queue),
+            next_seq: std::sync::atomic::AtomicU64::new(writer.next_seq),
             writer: Mutex::new(writer),
             slots: Semaphore::new(QUEUE_REQUESTS_MAX),
         });
-        Ok((Journal { shared }, records))
+        let journal = Journal {
+            shared,
+            settled_at_open,
+            settled: Mutex::new((Some(file), settled_at_open)),
+        };
+        Ok((journal, records))
+    }
+
+    /// The seq the next append will get at least: an append that starts
+    /// after this call gets this seq or a higher one.
+    pub fn next_seq(&self) -> u64 {
+        self.shared
+            .next_seq
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The settled point the last run left (0: none, or unreadable).
+    pub fn settled_at_open(&self) -> u64 {
+        self.settled_at_open
+    }
+
+    /// Notes that every record up to `upto` is settled (see the module
+    /// doc). Not synced; a failure is logged and makes replay do more.
+    pub fn mark_settled(&self, upto: u64) {
+        use std::os::unix::fs::FileExt;
+        let mut s = self.settled.lock();
+        if upto <= s.1 {
+            return;
+        }
+        let Some(file) = &s.0 else {
+            return;
+        };
+        let mut buf = [0u8; SETTLED_FILE_BYTES];
+        buf[..8].copy_from_slice(&upto.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[..8]);
+        buf[8..].copy_from_slice(&crc.to_be_bytes());
+        match file.write_all_at(&buf, 0) {
+            Ok(()) => s.1 = upto,
+            Err(e) => {
+                warn!(%e, "journal: cannot write the settled point; a replay will reconcile more");
+                s.0 = None;
+            }
+        }
     }
 
     /// Appends `payload`; returns its seq once it is on stable storage.
@@ -412,6 +485,8 @@ impl Shared {
         self.slots.add_permits(batch.len());
         if !batch.is_empty() {
             w.append_batch(batch);
+            self.next_seq
+                .store(w.next_seq, std::sync::atomic::Ordering::Release);
         }
         if trim > 0 || !trim_waiters.is_empty() {
             let r = w.trim(trim);
@@ -495,6 +570,21 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// The settled point in the file at `path`; 0 if absent, short or torn.
+fn read_settled(path: &Path) -> u64 {
+    let Ok(data) = fs::read(path) else {
+        return 0;
+    };
+    let (Some(seq), Some(crc)) = (data.get(..8), data.get(8..SETTLED_FILE_BYTES)) else {
+        return 0;
+    };
+    if crc32c::crc32c(seq) != be_u32(crc) {
+        warn!(path = %path.display(), "journal: settled point torn; replaying every record");
+        return 0;
+    }
+    seq.try_into().map_or(0, u64::from_be_bytes)
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -1039,6 +1129,43 @@ mod tests {
         assert!(reopen(&cfg).unwrap().is_empty());
         let more = write_records(&cfg, &[5]);
         assert_eq!(more.last().unwrap().seq, 22);
+    }
+
+    #[test]
+    fn the_settled_point_survives_a_reopen_and_a_torn_one_reads_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = JournalConfig::new(dir.path());
+        rt().block_on(async {
+            let (j, _) = Journal::open(cfg.clone()).unwrap();
+            assert_eq!(j.settled_at_open(), 0);
+            assert_eq!(j.next_seq(), 1);
+            for i in 0..3 {
+                j.append(payload(i, 10)).await.unwrap();
+            }
+            assert_eq!(j.next_seq(), 4, "a lower bound that follows the appends");
+            j.mark_settled(2);
+            j.mark_settled(1); // never goes back
+            drop(j); // as a crash: nothing synced
+        });
+        rt().block_on(async {
+            let (j, replay) = Journal::open(cfg.clone()).unwrap();
+            assert_eq!(replay.len(), 3, "settling trims nothing");
+            assert_eq!(j.settled_at_open(), 2);
+            j.close().await;
+        });
+        let path = dir.path().join(SETTLED_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[3] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        rt().block_on(async {
+            let (j, _) = Journal::open(cfg.clone()).unwrap();
+            assert_eq!(
+                j.settled_at_open(),
+                0,
+                "a torn settled point counts for nothing"
+            );
+            j.close().await;
+        });
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::journal::{Journal, JournalConfig, SEGMENT_BYTES_DEFAULT};
 use crate::meta::{self, Meta, MetaConfig};
-use crate::primary::Primary;
+use crate::primary::{Primary, PrimaryTiming};
 use crate::service::{spawn_capacity_publisher, ChunkService};
 use crate::store::ChunkStore;
 
@@ -137,8 +137,11 @@ impl Node {
                     g.watch(),
                     journal.clone(),
                     lease.clone(),
-                    (cfg.replace_after_secs > 0)
-                        .then(|| Duration::from_secs(cfg.replace_after_secs)),
+                    PrimaryTiming {
+                        replace_after: (cfg.replace_after_secs > 0)
+                            .then(|| Duration::from_secs(cfg.replace_after_secs)),
+                        flush_after: Duration::from_secs(cfg.journal_flush_after_secs),
+                    },
                 );
                 // The primary reaches the chunks this node holds through
                 // the router, taken before the primary's own handlers are
@@ -164,8 +167,9 @@ impl Node {
             .await
             .context("initializing the metadata cluster")?;
         if let Some(p) = &primary {
-            p.spawn_replay(replay);
+            p.spawn_replay(replay, journal.settled_at_open(), store.lost_cache());
             tasks.push(p.spawn_repair());
+            tasks.push(p.spawn_checkpoint());
         } else if !replay.is_empty() {
             warn!(
                 records = replay.len(),

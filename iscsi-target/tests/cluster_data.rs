@@ -230,7 +230,8 @@ async fn assert_whole(c: &Cluster) {
             };
             assert!(
                 consistent,
-                "extent {index}: parity disagrees with data at chunk offset {pos}.."
+                "extent {index}: parity disagrees with data at chunk offset {pos}..\n{}",
+                c.logs()
             );
             pos += step;
         }
@@ -990,6 +991,200 @@ async fn a_failed_write_with_a_chunk_out_does_not_pin_the_journal() {
     assert_whole(&c).await;
     io(&c, "read -P 0x22 0 4K");
     io(&c, &format!("read -P 0x33 {unit} 4K"));
+}
+
+/// `qemu-io` with its cache in `unsafe` mode: its writes are not FUA (as
+/// by default, writethrough) and it sends no SYNCHRONIZE CACHE, not even
+/// when it closes the LUN, so what it writes is acknowledged but not
+/// flushed.
+fn qemu_io_unflushed(url: &str, cmd: &str) -> Result<String, String> {
+    qemu_io_cached(url, "unsafe", &[cmd])
+}
+
+/// `qemu-io` with cache mode `cache`, running `cmds` in one session.
+fn qemu_io_cached(url: &str, cache: &str, cmds: &[&str]) -> Result<String, String> {
+    let mut args = vec!["-t", cache, "-f", "raw"];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    args.push(url);
+    let out = Command::new("qemu-io").args(&args).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && !text.contains("failed") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// A cluster with row 0 written whole (and durable: qemu-io's writes are
+/// FUA by default), then an 8 KiB write of 0x22 at `unit + 4K` (all in
+/// chunk 1) that is acknowledged but not flushed. Chunk 1's file as it
+/// was before that write is kept at `saved`, to play its loss.
+struct Unflushed {
+    c: Cluster,
+    row: Row0,
+    /// Chunk 1's file on its holder, and its copy from before the write.
+    file: std::path::PathBuf,
+    saved: std::path::PathBuf,
+}
+
+async fn unflushed_write_to_chunk_1(flush_after_secs: u64) -> Unflushed {
+    let mut c = Cluster::new(4, 1);
+    c.append_node_config(&format!(
+        "[journal]\nflush_after_secs = {flush_after_secs}\n"
+    ));
+    c.start_nodes().await;
+    c.create_lun("data", 64 * MIB, 3).await;
+    c.start_gateway(0).await;
+    let row = write_row_0(&c).await;
+    let file = chunk_file(&c, row.chunk1, row.lun, 0, 1);
+    let saved = c.dir.path().join("chunk1.saved");
+    std::fs::copy(&file, &saved).unwrap();
+    let cmd = format!("write -P 0x22 {} 8K", row.unit + 4096);
+    qemu_io_unflushed(&c.url(0), &cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+    Unflushed {
+        c,
+        row,
+        file,
+        saved,
+    }
+}
+
+impl Unflushed {
+    /// A power loss of chunk 1's holder: its process killed, the file put
+    /// back as it was before the write (as if the page cache had never
+    /// reached the disk), and its kernel booted again (a new boot id).
+    fn lose_chunk_1s_page_cache(&mut self) {
+        let d1 = self.row.chunk1;
+        self.c.nodes[d1].kill();
+        std::fs::copy(&self.saved, &self.file).unwrap();
+        self.c.new_boot(d1);
+    }
+}
+
+/// A data holder loses power after acknowledging a write the initiator
+/// did not flush: its chunk file comes back without it while the parity
+/// has it. The primary keeps the write's journal record until a flush of
+/// every chunk succeeds; the flush it makes by itself within
+/// `flush_after_secs` finds the holder down and marks its chunk missing,
+/// so when the holder returns the chunk is rebuilt from the others and
+/// the write is not lost. Before, the record was retired as soon as every
+/// chunk had the write in its page cache: nothing marked the chunk, it
+/// came back serving its old data under parity that had the new, and the
+/// stripe disagreed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_holder_that_loses_power_loses_no_acknowledged_write() {
+    let mut u = unflushed_write_to_chunk_1(1).await;
+    u.lose_chunk_1s_page_cache();
+    let Unflushed { c, row, .. } = &mut u;
+    let (lun, unit, d1) = (row.lun, row.unit, row.chunk1);
+    let url = c.url(0);
+    let io = |c: &Cluster, cmd: &str| {
+        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+    };
+    // The holder stays down until the primary's own flush has found it
+    // gone (or 30 s: without that flush nothing ever does).
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < end {
+        let e = c.extent(lun, 0).await.unwrap();
+        if e.chunks[1] != fabric::metadata::ChunkState::Ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    c.nodes[d1].start();
+    wait_whole(c, Duration::from_secs(60)).await;
+    io(c, &format!("read -P 0x22 {} 8K", unit + 4096));
+    io(c, &format!("read -P 0x11 0 {}", unit + 4096));
+    io(
+        c,
+        &format!("read -P 0x11 {} {}", unit + 12288, 2 * unit - 12288),
+    );
+    assert_whole(c).await;
+}
+
+/// A data holder loses power and is back before anything noticed it was
+/// gone (no write, no flush meanwhile): its chunk file lacks a write the
+/// initiator did not flush, and its store now answers with a new
+/// incarnation. The next flush finds that, and rebuilds the rows written
+/// since the last flush on that chunk from the others, so the write is
+/// not lost and the stripe agrees. Before, the flush succeeded and the
+/// chunk kept its old data under parity that had the new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_holder_back_at_once_from_a_power_loss_loses_no_acknowledged_write() {
+    // No flush of its own within the test: the initiator's finds it.
+    let mut u = unflushed_write_to_chunk_1(600).await;
+    u.lose_chunk_1s_page_cache();
+    let Unflushed { c, row, .. } = &mut u;
+    let (unit, d1, primary) = (row.unit, row.chunk1, row.primary);
+    let url = c.url(0);
+    let io = |c: &Cluster, cmd: &str| {
+        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+    };
+    c.nodes[d1].start();
+    // The initiator writes elsewhere and flushes (in writeback mode, not
+    // FUA: qemu sends SYNCHRONIZE CACHE only after such a write).
+    let cmds = [&format!("write -P 0x33 {} 4K", 3 * unit)[..], "flush"];
+    qemu_io_cached(&url, "writeback", &cmds)
+        .unwrap_or_else(|e| panic!("{cmds:?}: {e}\n{}", c.logs()));
+    assert_whole(c).await;
+    io(c, &format!("read -P 0x22 {} 8K", unit + 4096));
+    let log = strip_ansi(&std::fs::read_to_string(&c.nodes[primary].log).unwrap_or_default());
+    assert!(
+        log.contains("lost their page cache"),
+        "the flush did not find the holder's lost page cache\n{}",
+        c.logs()
+    );
+    // And from the others, with the holder gone again.
+    c.nodes[d1].kill();
+    io(c, &format!("read -P 0x22 {} 8K", unit + 4096));
+    io(c, &format!("read -P 0x11 0 {}", unit + 4096));
+}
+
+/// The whole cluster loses power after a write the initiator did not
+/// flush: one data chunk's file comes back without it, the others (its
+/// parity too) with it. Losing the write is allowed (it was not flushed);
+/// the stripe disagreeing with its parity is not (a later rebuild from it
+/// would return another block's bytes). The primary's journal still has
+/// the write's record (kept until a flush), so its replay recomputes the
+/// parity of those rows from the data. Before, the record was gone and
+/// the stripe stayed inconsistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_loss_of_every_node_leaves_every_stripe_consistent() {
+    // No flush of its own within the test: the write stays unflushed.
+    let mut u = unflushed_write_to_chunk_1(600).await;
+    for n in 0..u.c.nodes.len() {
+        u.c.nodes[n].kill();
+        u.c.new_boot(n);
+    }
+    u.lose_chunk_1s_page_cache();
+    let Unflushed { c, row, .. } = &mut u;
+    let (unit, d1) = (row.unit, row.chunk1);
+    let url = c.url(0);
+    let io = |c: &Cluster, cmd: &str| {
+        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+    };
+    for n in 0..c.nodes.len() {
+        c.nodes[n].start();
+    }
+    wait_whole(c, Duration::from_secs(60)).await;
+    // Chunk 1 lost the write; the stripe must agree with what it holds.
+    let mut good = false;
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < end {
+        if qemu_io(&url, &format!("read -P 0x11 0 {}", 3 * unit)).is_ok() {
+            good = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(good, "row 0 does not read back\n{}", c.logs());
+    assert_whole(c).await;
+    // And a rebuild of chunk 1 from the others returns the same.
+    c.nodes[d1].kill();
+    io(c, &format!("read -P 0x11 0 {}", 3 * unit));
 }
 
 /// A chunkserver that stays away: once `replace_after` has passed, the

@@ -107,8 +107,9 @@ fn crash_point() -> Option<CrashPoint> {
 }
 
 /// What the journal keeps of a write: which rows to reconcile if the
-/// primary dies before every chunk has it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// primary dies (or the cluster loses power) before every chunk has it
+/// durably.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct JournalEntry {
     lun: u64,
     extent: u64,
@@ -175,7 +176,34 @@ fn unavailable(detail: impl Into<String>) -> RpcError {
 /// An extent's journal records still to replay: (lun, extent), then
 /// (seq, entry) in journal order.
 /// Journal records left by the last run, per extent, oldest first.
-type ExtentRecords = BTreeMap<(u64, u64), VecDeque<(u64, JournalEntry)>>;
+/// A journal record's seq and what it says.
+type SeqEntry = (u64, JournalEntry);
+/// A chunk of an extent: `(lun, extent, slot)`.
+type SlotKey = (u64, u64, usize);
+
+/// Per extent, the journal records to replay and the byte ranges they
+/// cover (merged, so that rows many records touched are reconciled once).
+type ExtentRecords = BTreeMap<(u64, u64), (Vec<(u64, JournalEntry)>, VecDeque<JournalEntry>)>;
+
+/// The ranges of `entries` (of one extent), merged where they overlap or
+/// touch, in offset order.
+fn merge_ranges(mut entries: Vec<JournalEntry>) -> Vec<JournalEntry> {
+    entries.sort_unstable_by_key(|e| e.offset);
+    let mut out: Vec<JournalEntry> = Vec::with_capacity(entries.len());
+    for e in entries {
+        match out.last_mut() {
+            Some(last) if e.offset <= last.offset.saturating_add(last.len) => {
+                let end = last
+                    .offset
+                    .saturating_add(last.len)
+                    .max(e.offset.saturating_add(e.len));
+                last.len = end - last.offset;
+            }
+            _ => out.push(e),
+        }
+    }
+    out
+}
 
 /// How the primary reaches the holder of one chunk: itself through its
 /// own router (same checks, no socket), or another node over the fabric.
@@ -201,6 +229,28 @@ impl Route {
     }
 }
 
+/// Whether a flush marks missing the chunks whose flush failed
+/// ([`Primary::flush_chunks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MarkFailed {
+    Always,
+    /// Only if every such holder is away in gossip.
+    IfAway,
+    Never,
+}
+
+/// When the primary's background tasks act.
+#[derive(Clone, Copy, Debug)]
+pub struct PrimaryTiming {
+    /// A missing chunk whose holder has been away this long moves to
+    /// another node; `None`: never.
+    pub replace_after: Option<Duration>,
+    /// Writes the initiator has not flushed are flushed on every chunk of
+    /// their extent (and their journal records trimmed) this long after,
+    /// give or take as much again.
+    pub flush_after: Duration,
+}
+
 /// The primary role of one chunkserver.
 pub struct Primary {
     me: NodeId,
@@ -221,8 +271,31 @@ pub struct Primary {
     codecs: Mutex<HashMap<(u64, u64), Arc<Codec>>>,
     /// Extents whose chunks are known to exist.
     created: Mutex<std::collections::HashSet<(u64, u64, u64)>>,
-    /// Journal sequence numbers of writes in flight.
+    /// Journal sequence numbers of writes in flight (and of records being
+    /// replayed or reconciled). The journal is trimmed only below the
+    /// oldest of them and of [`Self::unflushed`], and settled below the
+    /// oldest of them ([`Journal::mark_settled`]).
     inflight: Mutex<BTreeSet<u64>>,
+    /// Lower bounds of the seqs of appends under way (an append's seq is
+    /// known only once it is durable), counted: nothing from them up is
+    /// trimmed or settled meanwhile.
+    appending: Mutex<BTreeMap<u64, usize>>,
+    /// Per extent, the records of writes done (or rows reconciled) since
+    /// the extent's chunks were last flushed. Their chunks may hold them
+    /// only in the page cache, so a holder that loses power (or the whole
+    /// cluster) may lose them on some chunks of a stripe and not on others;
+    /// the record stays in the journal until a flush makes every chunk
+    /// durable, so the replay after such a crash reconciles those rows.
+    unflushed: Mutex<BTreeMap<(u64, u64), Vec<SeqEntry>>>,
+    /// Per chunk `(lun, extent, slot)`, its holder and the incarnation
+    /// its store answered the last flush with (or the first, for a chunk
+    /// new to this process): a holder whose incarnation changed since lost
+    /// its page cache, with it perhaps writes of [`Self::unflushed`].
+    incarnations: Mutex<HashMap<SlotKey, (NodeId, u64)>>,
+    /// An extent's unflushed records are flushed at most about this long
+    /// after the write ([`Self::spawn_checkpoint`]), when the initiator
+    /// does not flush sooner.
+    flush_after: Duration,
     crash: Option<CrashPoint>,
     journaled: AtomicU64,
     /// Extents whose records in the journal left by the last run are not
@@ -261,7 +334,7 @@ impl Primary {
         view: watch::Receiver<Arc<View>>,
         journal: Arc<Journal>,
         lease: Arc<Lease>,
-        replace_after: Option<Duration>,
+        timing: PrimaryTiming,
     ) -> Arc<Primary> {
         let crash = crash_point();
         Arc::new(Primary {
@@ -278,13 +351,17 @@ impl Primary {
             codecs: Mutex::new(HashMap::new()),
             created: Mutex::new(Default::default()),
             inflight: Mutex::new(BTreeSet::new()),
+            appending: Mutex::new(BTreeMap::new()),
+            unflushed: Mutex::new(BTreeMap::new()),
+            incarnations: Mutex::new(HashMap::new()),
+            flush_after: timing.flush_after,
             crash,
             journaled: AtomicU64::new(0),
             replay_pending: Mutex::new(None),
             unsettled: Mutex::new(Vec::new()),
             doubts: Mutex::new(Vec::new()),
             doubt_ids: AtomicU64::new(0),
-            replace_after,
+            replace_after: timing.replace_after,
             away: Mutex::new(BTreeMap::new()),
             missed: Missed::default(),
             changes: Arc::new(tokio::sync::Semaphore::new(CHANGES_IN_FLIGHT_MAX)),
@@ -510,17 +587,30 @@ impl Primary {
         payload: Bytes,
         deadline: Instant,
     ) -> Result<Bytes, RpcError> {
+        self.route_to(e, slot)?
+            .call::<R>(req, payload, deadline)
+            .await
+            .map(|(_, b)| b)
+    }
+
+    /// How to reach the holder of chunk `slot` of `e`.
+    fn route_to(&self, e: &Extent, slot: usize) -> Result<Route, RpcError> {
         let node = e
             .nodes
             .get(slot)
             .ok_or_else(|| app(extent_error::INVALID, "no such slot"))?;
-        let route = self
-            .route(node)
-            .ok_or_else(|| unavailable(format!("no address for {node}")))?;
-        route
-            .call::<R>(req, payload, deadline)
-            .await
-            .map(|(_, b)| b)
+        self.route(node)
+            .ok_or_else(|| unavailable(format!("no address for {node}")))
+    }
+
+    /// Flushes the holder of chunk `slot` of `e`; answers its store's
+    /// incarnation.
+    async fn flush_one(&self, e: &Extent, slot: usize) -> Result<u64, RpcError> {
+        let (done, _) = self
+            .route_to(e, slot)?
+            .call::<ChunkFlush>(&ChunkFlushRequest {}, Bytes::new(), Self::chunk_deadline())
+            .await?;
+        Ok(done.incarnation)
     }
 
     /// Calls `R` on every chunk of `e` in service at once, with the
@@ -532,6 +622,20 @@ impl Primary {
         e: &Extent,
         make: impl Fn(usize) -> R::Request,
     ) -> Vec<(usize, RpcError)> {
+        self.answers_in_service::<R>(e, make)
+            .await
+            .into_iter()
+            .filter_map(|(slot, res)| res.err().map(|err| (slot, err)))
+            .collect()
+    }
+
+    /// Like [`Self::call_in_service`], answering every slot called, in
+    /// slot order.
+    async fn answers_in_service<R: Rpc + 'static>(
+        &self,
+        e: &Extent,
+        make: impl Fn(usize) -> R::Request,
+    ) -> Vec<(usize, Result<R::Response, RpcError>)> {
         let mut set = JoinSet::new();
         let mut pending = BTreeSet::new();
         for slot in 0..e.nodes.len() {
@@ -547,30 +651,32 @@ impl Primary {
                     Some(route) => route
                         .call::<R>(&req, Bytes::new(), deadline)
                         .await
-                        .map(|_| ()),
+                        .map(|(r, _)| r),
                     None => Err(unavailable(format!("no address for chunk {slot}"))),
                 };
                 (slot, res)
             });
         }
-        let mut failed = Vec::new();
+        let mut out = Vec::new();
         let mut lost = None;
         while let Some(res) = set.join_next().await {
             match res {
                 Ok((slot, res)) => {
                     pending.remove(&slot);
-                    if let Err(err) = res {
-                        failed.push((slot, err));
-                    }
+                    out.push((slot, res));
                 }
                 Err(err) => lost = Some(err.to_string()),
             }
         }
         if let Some(err) = lost {
-            failed.extend(pending.into_iter().map(|s| (s, unavailable(err.clone()))));
+            out.extend(
+                pending
+                    .into_iter()
+                    .map(|s| (s, Err(unavailable(err.clone())))),
+            );
         }
-        failed.sort_unstable_by_key(|(s, _)| *s);
-        failed
+        out.sort_unstable_by_key(|(s, _)| *s);
+        out
     }
 
     /// Creates the extent's chunks on their holders the first time. A
@@ -603,6 +709,17 @@ impl Primary {
         if !failed.is_empty() {
             self.escalate(held, e).await;
             *e = self.mark_missing(e, layout, &failed).await?;
+        }
+        // The incarnation of each holder before this epoch's first write,
+        // for the flushes to come to compare with (a chunk already known
+        // keeps its value: a change is theirs to find).
+        for (slot, res) in self
+            .answers_in_service::<ChunkFlush>(e, |_| ChunkFlushRequest {})
+            .await
+        {
+            if let (Ok(done), None) = (res, self.incarnation_seen(e, slot)) {
+                self.see_incarnation(e, slot, done.incarnation);
+            }
         }
         self.created.lock().insert((e.lun, e.index, e.epoch));
         Ok(())
@@ -808,12 +925,22 @@ impl Primary {
             len,
         };
         let bytes = postcard::to_stdvec(&entry).map_err(|x| unavailable(x.to_string()))?;
-        let seq = self
-            .journal
-            .append(Bytes::from(bytes))
-            .await
-            .map_err(|x| unavailable(format!("journal: {x}")))?;
-        self.inflight.lock().insert(seq);
+        let lower = self.journal.next_seq();
+        *self.appending.lock().entry(lower).or_default() += 1;
+        let appended = self.journal.append(Bytes::from(bytes)).await;
+        {
+            let mut a = self.appending.lock();
+            if let Some(n) = a.get_mut(&lower) {
+                *n -= 1;
+                if *n == 0 {
+                    a.remove(&lower);
+                }
+            }
+            if let Ok(seq) = appended {
+                self.inflight.lock().insert(seq);
+            }
+        }
+        let seq = appended.map_err(|x| unavailable(format!("journal: {x}")))?;
         let n = self.journaled.fetch_add(1, Ordering::Relaxed) + 1;
         if self.crash == Some(CrashPoint::AfterJournal(n)) {
             warn!("test hook: aborting after the journal, before the chunks");
@@ -822,19 +949,20 @@ impl Primary {
         Ok(seq)
     }
 
-    /// Retires the journal record `seq` of a write to `e` at
-    /// `offset..+len` that is done; a failed one is left to the repair task
-    /// ([`Self::settle_failed`]), which reconciles its rows first.
+    /// Keeps the journal record `seq` of a write to `e` at `offset..+len`
+    /// that is done until the extent's next flush; a failed one is left to
+    /// the repair task ([`Self::settle_failed`]), which reconciles its rows
+    /// first.
     async fn settle(&self, seq: u64, e: &Extent, offset: u64, len: u64, done: bool) {
+        let entry = JournalEntry {
+            lun: e.lun,
+            extent: e.index,
+            offset,
+            len,
+        };
         if done {
-            self.retire(seq).await;
+            self.done(seq, entry);
         } else {
-            let entry = JournalEntry {
-                lun: e.lun,
-                extent: e.index,
-                offset,
-                len,
-            };
             self.unsettled.lock().push((seq, entry));
         }
     }
@@ -864,13 +992,13 @@ impl Primary {
             match self.reconcile(&entry, Known::Failed).await {
                 Ok(()) => {
                     self.unsettled.lock().retain(|(s, _)| *s != seq);
-                    self.retire(seq).await;
+                    self.done(seq, entry.clone());
                     info!(
                         lun = entry.lun,
                         extent = entry.extent,
                         offset = entry.offset,
                         len = entry.len,
-                        "the rows of a failed write are settled: its journal record is retired"
+                        "the rows of a failed write are settled: its journal record is retired at the next flush"
                     );
                 }
                 Err(err) => {
@@ -1193,17 +1321,55 @@ impl Primary {
         Ok(())
     }
 
-    /// Takes `seq` off the in-flight set and trims the journal below the
-    /// oldest write still in flight.
-    async fn retire(&self, seq: u64) {
-        let upto = {
+    /// Keeps record `seq` of a write to extent `(lun, extent)` whose rows
+    /// agree until the extent's chunks are flushed ([`Self::unflushed`]).
+    fn done(&self, seq: u64, entry: JournalEntry) {
+        self.unflushed
+            .lock()
+            .entry((entry.lun, entry.extent))
+            .or_default()
+            .push((seq, entry));
+        self.inflight.lock().remove(&seq);
+        self.journal.mark_settled(self.below(false));
+    }
+
+    /// The highest seq below which every record is done: below the oldest
+    /// in flight or being appended; with `flushed`, also below the oldest
+    /// waiting for a flush (the trim point).
+    fn below(&self, flushed: bool) -> u64 {
+        let appending = self.appending.lock();
+        let inflight = self.inflight.lock();
+        let mut oldest = [appending.keys().next(), inflight.first()]
+            .into_iter()
+            .flatten()
+            .copied()
+            .min();
+        if flushed {
+            let u = self.unflushed.lock();
+            let waiting = u.values().flat_map(|l| l.iter().map(|(s, _)| *s)).min();
+            oldest = [oldest, waiting].into_iter().flatten().min();
+        }
+        match oldest {
+            Some(o) => o.saturating_sub(1),
+            // Every seq handed out so far (all below the journal's next)
+            // is done.
+            None => self.journal.next_seq().saturating_sub(1),
+        }
+    }
+
+    /// Takes `seqs` off the in-flight set and trims the journal below the
+    /// oldest record still in it.
+    async fn retire(&self, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        {
             let mut f = self.inflight.lock();
-            f.remove(&seq);
-            match f.first() {
-                Some(oldest) => oldest.saturating_sub(1),
-                None => seq,
+            for seq in seqs {
+                f.remove(seq);
             }
-        };
+        }
+        let upto = self.below(true);
         if upto > 0 {
             if let Err(e) = self.journal.trim(upto).await {
                 warn!(%e, "journal trim failed");
@@ -1970,23 +2136,238 @@ impl Primary {
     /// other chunks, durable, rebuild it.
     async fn flush(&self, r: ExtentFlushRequest) -> Result<(ExtentDone, Bytes), RpcError> {
         let (e, layout) = self.extent(&r.extent).await?;
+        // The records of writes done before the chunks are flushed: each
+        // chunk then holds them durably, or is marked missing.
+        let seqs = self.unflushed_seqs(e.lun, e.index);
+        let done = self.flush_chunks(e, &layout, MarkFailed::Always).await?;
+        self.flushed(done.lun, done.index, &seqs).await;
+        Ok((ExtentDone { epoch: done.epoch }, Bytes::new()))
+    }
+
+    /// The records of extent `(lun, extent)` waiting for a flush.
+    fn unflushed_seqs(&self, lun: u64, extent: u64) -> Vec<u64> {
+        self.unflushed
+            .lock()
+            .get(&(lun, extent))
+            .map(|l| l.iter().map(|(s, _)| *s).collect())
+            .unwrap_or_default()
+    }
+
+    /// Retires the records `seqs` of extent `(lun, extent)`, written before
+    /// a flush of all its chunks that succeeded.
+    async fn flushed(&self, lun: u64, extent: u64, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        {
+            let gone: HashSet<u64> = seqs.iter().copied().collect();
+            let mut u = self.unflushed.lock();
+            if let Some(list) = u.get_mut(&(lun, extent)) {
+                list.retain(|(s, _)| !gone.contains(s));
+                if list.is_empty() {
+                    u.remove(&(lun, extent));
+                }
+            }
+        }
+        self.retire(seqs).await;
+    }
+
+    /// Flushes every chunk of `e` in service. One whose flush fails is
+    /// marked missing if `mark` says so (else the flush fails): caught up on its
+    /// return with what it missed from then on, or rebuilt whole if its
+    /// holder answered with an error (its `fdatasync` failed: the kernel
+    /// may have dropped what it buffered) or lost its page cache meanwhile
+    /// ([`Self::rebuild`]). One whose holder lost its page cache since the
+    /// last flush has the rows written since rebuilt from the others
+    /// ([`Self::repair_lost`]). Answers the extent as it is afterwards.
+    async fn flush_chunks(
+        &self,
+        e: Extent,
+        layout: &Layout,
+        mark: MarkFailed,
+    ) -> Result<Extent, RpcError> {
         let mut failed = Vec::new();
-        for (slot, err) in self
-            .call_in_service::<ChunkFlush>(&e, |_| ChunkFlushRequest {})
+        let mut refused = Vec::new();
+        let mut lost = Vec::new();
+        for (slot, res) in self
+            .answers_in_service::<ChunkFlush>(&e, |_| ChunkFlushRequest {})
             .await
         {
-            warn!(chunk = %Self::chunk_ref(&e, slot), %err, "chunk flush failed");
-            failed.push(slot);
+            match res {
+                Ok(done) => match self.incarnation_seen(&e, slot) {
+                    Some(seen) if seen != done.incarnation => lost.push((slot, done.incarnation)),
+                    _ => self.see_incarnation(&e, slot, done.incarnation),
+                },
+                Err(err) => {
+                    warn!(chunk = %Self::chunk_ref(&e, slot), %err, "chunk flush failed");
+                    if matches!(err, RpcError::Application { .. }) {
+                        refused.push(slot);
+                    }
+                    failed.push(slot);
+                }
+            }
+        }
+        if !lost.is_empty() {
+            self.repair_lost(&e, layout, &lost).await?;
         }
         if failed.is_empty() {
-            return Ok((ExtentDone { epoch: e.epoch }, Bytes::new()));
+            return Ok(e);
+        }
+        let away = |slot: &usize| e.nodes.get(*slot).is_none_or(|n| !self.alive(n));
+        if mark == MarkFailed::Never || (mark == MarkFailed::IfAway && !failed.iter().all(away)) {
+            return Err(unavailable(format!("flushing chunks {failed:?} failed")));
         }
         let _held = self.lock(e.lun, e.index).exclusive().await;
         let e = self.fresh_extent(e.lun, e.index).await?;
-        // What it had buffered may be lost: no range record covers that.
-        self.missed.distrust(&e, &failed);
-        let e = self.mark_missing(&e, &layout, &failed).await?;
-        Ok((ExtentDone { epoch: e.epoch }, Bytes::new()))
+        let before = e.chunks.clone();
+        self.missed.failed(&e, &failed, &[]);
+        self.missed.distrust(&e, &refused);
+        let marked = self.mark_missing(&e, layout, &failed).await?;
+        self.missed.bind(&marked, &before, &failed);
+        Ok(marked)
+    }
+
+    /// The incarnation chunk `slot` of `e` was last seen at, if its holder
+    /// is still the one seen.
+    fn incarnation_seen(&self, e: &Extent, slot: usize) -> Option<u64> {
+        let node = e.nodes.get(slot)?;
+        match self.incarnations.lock().get(&(e.lun, e.index, slot)) {
+            Some((n, i)) if n == node => Some(*i),
+            _ => None,
+        }
+    }
+
+    fn see_incarnation(&self, e: &Extent, slot: usize, incarnation: u64) {
+        if let Some(node) = e.nodes.get(slot) {
+            self.incarnations
+                .lock()
+                .insert((e.lun, e.index, slot), (node.clone(), incarnation));
+        }
+    }
+
+    /// Chunks of `e` whose holders lost their page cache since the last
+    /// flush (`lost`: slot, new incarnation) may miss any write of
+    /// [`Self::unflushed`] while the other chunks have it. With one such
+    /// chunk, those rows of it are rebuilt from the others, so no
+    /// acknowledged write is lost; with more, the parity of those rows is
+    /// recomputed from the data (writes not flushed may be lost, which is
+    /// allowed, but the stripes agree). With the extent held alone, every
+    /// write done is in `unflushed`.
+    async fn repair_lost(
+        &self,
+        e: &Extent,
+        layout: &Layout,
+        lost: &[(usize, u64)],
+    ) -> Result<(), RpcError> {
+        let _held = self.lock(e.lun, e.index).exclusive().await;
+        let e = self.fresh_extent(e.lun, e.index).await?;
+        let entries: Vec<JournalEntry> = self
+            .unflushed
+            .lock()
+            .get(&(e.lun, e.index))
+            .map(|l| l.iter().map(|(_, x)| x.clone()).collect())
+            .unwrap_or_default();
+        let ranges = merge_ranges(entries);
+        let slots: Vec<usize> = lost.iter().map(|(s, _)| *s).collect();
+        warn!(
+            lun = e.lun,
+            extent = e.index,
+            ?slots,
+            ranges = ranges.len(),
+            "holders lost their page cache since the last flush: repairing the rows written since"
+        );
+        match slots[..] {
+            [slot] => {
+                let step = u64::from(EXTENT_IO_BYTES_MAX);
+                for r in &ranges {
+                    for (a, b) in parity_columns(layout, r.offset, r.len) {
+                        let mut pos = a;
+                        while pos < b {
+                            let n = step.min(b - pos);
+                            let acc = self.rebuild_range(&e, layout, slot, pos, pos + n).await?;
+                            self.overwrite(
+                                &e,
+                                slot,
+                                pos,
+                                Bytes::from(acc),
+                                Durability::Stable,
+                                Self::chunk_deadline(),
+                            )
+                            .await?;
+                            pos += n;
+                        }
+                    }
+                }
+            }
+            _ => {
+                for r in &ranges {
+                    self.reconcile_held(r, Known::Nothing).await?;
+                }
+            }
+        }
+        for (slot, incarnation) in lost {
+            self.see_incarnation(&e, *slot, *incarnation);
+        }
+        Ok(())
+    }
+
+    /// Flushes, every `flush_after`, the extents with writes done since
+    /// their last flush, and retires those writes' journal records: an
+    /// initiator that never flushes must not pin the journal, nor leave
+    /// its writes only in the page cache of every chunk for long.
+    pub fn spawn_checkpoint(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let p = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(p.flush_after).await;
+                let due: Vec<((u64, u64), Vec<u64>)> = p
+                    .unflushed
+                    .lock()
+                    .iter()
+                    .map(|(k, v)| (*k, v.iter().map(|(s, _)| *s).collect()))
+                    .collect();
+                for ((lun, extent), seqs) in due {
+                    if let Err(err) = p.checkpoint(lun, extent, &seqs).await {
+                        debug!(lun, extent, %err, "flushing an extent's writes; will retry");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Flushes extent `(lun, extent)` and retires `seqs`; records of an
+    /// extent this node no longer leads (taken over: the new primary
+    /// recomputed its parity) or that was deleted are retired at once.
+    async fn checkpoint(&self, lun: u64, extent: u64, seqs: &[u64]) -> Result<(), RpcError> {
+        if !self.lease.valid(LEASE_MARGIN_MS) {
+            return Err(unavailable("this node's lease has lapsed"));
+        }
+        match self.fresh_extent(lun, extent).await {
+            Ok(e) if e.primary_node() == Some(&self.me) => {
+                let layout = self.layout(lun).await?;
+                // Marking a chunk missing waits for its holder's lease,
+                // with the extent held: worth it only for a holder gone
+                // (else the next round finds it back), and not while rows
+                // of the extent are in doubt (it could not be rebuilt
+                // there). Otherwise the flush is tried again next round.
+                let doubt = self
+                    .doubts
+                    .lock()
+                    .iter()
+                    .any(|d| (d.entry.lun, d.entry.extent) == (lun, extent));
+                let mark = if doubt {
+                    MarkFailed::Never
+                } else {
+                    MarkFailed::IfAway
+                };
+                self.flush_chunks(e, &layout, mark).await?;
+            }
+            Ok(_) => {}
+            Err(RpcError::Application { code, .. }) if code == extent_error::NOT_ALLOCATED => {}
+            Err(err) => return Err(err),
+        }
+        self.flushed(lun, extent, seqs).await;
+        Ok(())
     }
 
     /// Takes over as primary of an extent whose primary the caller (a
@@ -2259,10 +2640,14 @@ impl Primary {
             Err(RpcError::Application { code, .. }) if code == chunk_error::EXISTS => true,
             Err(err) => return Err(err),
         };
-        // Caught up with what it missed if this primary kept the record
-        // and the holder still has the chunk; otherwise rebuilt whole.
+        // Caught up with what it missed if this primary kept the record,
+        // the holder still has the chunk and did not lose its page cache
+        // meanwhile (its store's incarnation is the one last seen: what it
+        // had buffered is still there); otherwise rebuilt whole.
+        let incarnation = self.flush_one(&e, slot).await?;
+        let kept = self.incarnation_seen(&e, slot) == Some(incarnation);
         let ranges = match self.missed.ranges(&e, slot) {
-            Some(r) if existed => r,
+            Some(r) if existed && kept => r,
             _ => vec![(0, layout.chunk_bytes)],
         };
         let bytes: u64 = ranges.iter().map(|(a, b)| b - a).sum();
@@ -2299,8 +2684,8 @@ impl Primary {
                 pos += n;
             }
         }
-        self.call::<ChunkFlush>(&e, slot, &ChunkFlushRequest {}, Bytes::new())
-            .await?;
+        let incarnation = self.flush_one(&e, slot).await?;
+        self.see_incarnation(&e, slot, incarnation);
         let mut chunks = e.chunks.clone();
         if let Some(c) = chunks.get_mut(slot) {
             *c = ChunkState::Ok;
@@ -2335,43 +2720,66 @@ impl Primary {
     /// order within an extent. An extent is served again as soon as its
     /// own records are reconciled; one that cannot be yet (a chunk
     /// unreachable or unreadable) is retried without holding up the others.
-    pub fn spawn_replay(self: &Arc<Self>, records: Vec<Record>) {
-        let mut todo = ExtentRecords::new();
+    pub fn spawn_replay(self: &Arc<Self>, records: Vec<Record>, settled: u64, lost_cache: bool) {
+        let mut by_extent: BTreeMap<(u64, u64), Vec<(u64, JournalEntry)>> = BTreeMap::new();
         let mut unreadable = Vec::new();
+        let mut kept = 0usize;
+        // Live writes trim (and settle) the journal only below the oldest
+        // record in flight: these are, until they are reconciled (and
+        // flushed) — in flight before any is taken off.
+        self.inflight.lock().extend(records.iter().map(|r| r.seq));
         for rec in &records {
             let Ok(entry) = postcard::from_bytes::<JournalEntry>(&rec.payload) else {
                 warn!(seq = rec.seq, "unreadable journal record skipped");
                 unreadable.push(rec.seq);
                 continue;
             };
-            todo.entry((entry.lun, entry.extent))
+            // A write acknowledged (its rows agreed) and kept only until a
+            // flush needs nothing after a process crash: every chunk still
+            // has it in its page cache. After a power loss here, its rows
+            // may disagree like the others'.
+            if rec.seq <= settled && !lost_cache {
+                self.done(rec.seq, entry);
+                kept += 1;
+                continue;
+            }
+            by_extent
+                .entry((entry.lun, entry.extent))
                 .or_default()
-                .push_back((rec.seq, entry));
+                .push((rec.seq, entry));
         }
-        // Live writes trim the journal only below the oldest record in
-        // flight: these are, until they are reconciled.
-        self.inflight.lock().extend(records.iter().map(|r| r.seq));
+        let mut todo: ExtentRecords = by_extent
+            .into_iter()
+            .map(|(k, recs)| {
+                let ranges = merge_ranges(recs.iter().map(|(_, e)| e.clone()).collect());
+                (k, (recs, ranges.into()))
+            })
+            .collect();
+        if kept > 0 {
+            info!(
+                records = kept,
+                "journal records of writes acknowledged before the restart kept until a flush"
+            );
+        }
         *self.replay_pending.lock() = Some(todo.keys().copied().collect());
         let p = self.clone();
         tokio::spawn(async move {
-            for seq in unreadable {
-                p.retire(seq).await;
-            }
+            p.retire(&unreadable).await;
             if todo.is_empty() {
                 return;
             }
             info!(
                 records = records.len(),
                 extents = todo.len(),
+                ranges = todo.values().map(|(_, r)| r.len()).sum::<usize>(),
                 "replaying the write journal"
             );
             loop {
-                for (key, list) in todo.iter_mut() {
-                    while let Some((seq, entry)) = list.front() {
+                for (key, (seqs, ranges)) in todo.iter_mut() {
+                    while let Some(entry) = ranges.front() {
                         match p.reconcile(entry, Known::Nothing).await {
                             Ok(()) => {
-                                p.retire(*seq).await;
-                                list.pop_front();
+                                ranges.pop_front();
                             }
                             Err(e) => {
                                 warn!(lun = key.0, extent = key.1, %e, "journal replay: retrying");
@@ -2379,13 +2787,16 @@ impl Primary {
                             }
                         }
                     }
-                    if list.is_empty() {
+                    if ranges.is_empty() {
+                        for (seq, entry) in seqs.drain(..) {
+                            p.done(seq, entry);
+                        }
                         if let Some(pending) = p.replay_pending.lock().as_mut() {
                             pending.remove(key);
                         }
                     }
                 }
-                todo.retain(|_, list| !list.is_empty());
+                todo.retain(|_, (_, ranges)| !ranges.is_empty());
                 if todo.is_empty() {
                     break;
                 }
@@ -2719,6 +3130,19 @@ fn check_range(layout: &Layout, offset: u64, len: u64) -> Result<(), RpcError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replayed_ranges_merge_where_they_overlap_or_touch() {
+        let e = |offset, len| JournalEntry {
+            lun: 1,
+            extent: 2,
+            offset,
+            len,
+        };
+        let merged = merge_ranges(vec![e(100, 10), e(0, 50), e(50, 10), e(30, 5), e(200, 1)]);
+        assert_eq!(merged, vec![e(0, 60), e(100, 10), e(200, 1)]);
+        assert_eq!(merge_ranges(vec![e(u64::MAX - 1, 5), e(0, 1)]).len(), 2);
+    }
 
     #[test]
     fn parity_columns_are_the_written_columns_not_whole_rows() {

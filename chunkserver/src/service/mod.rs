@@ -497,9 +497,10 @@ impl ChunkService {
         &self,
         _r: fabric::wire::chunk::ChunkFlushRequest,
         _payload: Bytes,
-    ) -> Answer<Done> {
+    ) -> Answer<fabric::wire::chunk::FlushDone> {
         self.store.flush().await?;
-        Ok((Done {}, Bytes::new()))
+        let incarnation = self.store.incarnation();
+        Ok((fabric::wire::chunk::FlushDone { incarnation }, Bytes::new()))
     }
 
     async fn scrub(&self, r: ChunkScrubRequest, _payload: Bytes) -> Answer<ChunkScrubResponse> {

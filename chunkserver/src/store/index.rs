@@ -23,6 +23,10 @@ pub const INDEX_MAP_BYTES: usize = 1 << 30;
 
 const META_FORMAT_VERSION: &[u8] = b"format_version";
 const META_CLEAN: &[u8] = b"clean";
+/// The kernel's boot id at the last open.
+const META_BOOT_ID: &[u8] = b"boot_id";
+/// Raised at each open that follows a loss of the page cache (u64 LE).
+const META_INCARNATION: &[u8] = b"incarnation";
 
 /// One chunk's durable record (record version 1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,13 +75,20 @@ pub struct Opened {
     pub index: Index,
     /// The previous process closed the store cleanly (versions exact).
     pub was_clean: bool,
+    /// The store was not closed cleanly in an earlier boot of the kernel:
+    /// writes the last process had not synced may be lost.
+    pub lost_cache: bool,
+    /// Raised each time `lost_cache` is found (1 for a new store).
+    pub incarnation: u64,
     pub records: Vec<(ChunkId, Record)>,
 }
 
 impl Index {
     /// Open (or create) the index in `dir`, check the format version, load
     /// every record, and mark the store "not clean" until `set_clean`.
-    pub fn open(dir: &Path) -> Result<Opened, StoreError> {
+    /// `boot_id` names this boot of the kernel (empty: unknown, never taken
+    /// for another boot).
+    pub fn open(dir: &Path, boot_id: &str) -> Result<Opened, StoreError> {
         std::fs::create_dir_all(dir)?;
         // SAFETY: the index directory belongs to this store alone (one
         // process per data_dir); nothing else maps or modifies these files.
@@ -134,6 +145,30 @@ impl Index {
         }
         let was_clean = index.meta.get(&wtxn, META_CLEAN).map_err(ix)? == Some(&[1][..]);
         index.meta.put(&mut wtxn, META_CLEAN, &[0]).map_err(ix)?;
+        let last_boot = index.meta.get(&wtxn, META_BOOT_ID).map_err(ix)?;
+        let lost_cache = !was_clean
+            && !boot_id.is_empty()
+            && last_boot.is_some_and(|b| !b.is_empty() && b != boot_id.as_bytes());
+        let mut incarnation = match index.meta.get(&wtxn, META_INCARNATION).map_err(ix)? {
+            Some(v) => u64::from_le_bytes(
+                v.try_into()
+                    .map_err(|_| StoreError::Index("bad incarnation value".into()))?,
+            ),
+            None => 1,
+        };
+        if lost_cache {
+            incarnation = incarnation.saturating_add(1);
+        }
+        index
+            .meta
+            .put(&mut wtxn, META_INCARNATION, &incarnation.to_le_bytes())
+            .map_err(ix)?;
+        if !boot_id.is_empty() {
+            index
+                .meta
+                .put(&mut wtxn, META_BOOT_ID, boot_id.as_bytes())
+                .map_err(ix)?;
+        }
         let mut records = Vec::new();
         for item in index.chunks.iter(&wtxn).map_err(ix)? {
             let (k, v) = item.map_err(ix)?;
@@ -145,6 +180,8 @@ impl Index {
         Ok(Opened {
             index,
             was_clean,
+            lost_cache,
+            incarnation,
             records,
         })
     }

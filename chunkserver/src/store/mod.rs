@@ -46,6 +46,11 @@ pub const BLOCK_BYTES: u64 = 4096;
 /// versions bumped in memory since the last flush were lost, and a version
 /// must never repeat for different contents.
 pub const VERSION_CRASH_BUMP: u64 = 1 << 32;
+/// Where Linux names this boot of the kernel: a store that finds another
+/// name there after an unclean shutdown lost its page cache.
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+/// Largest boot id read, in bytes (Linux's is 37).
+const BOOT_ID_BYTES_MAX: u64 = 256;
 /// Blocks the scrubber verifies per read.
 pub const SCRUB_BATCH_BLOCKS: u64 = 256;
 /// Memory for in-memory copies of checksum tables (see [`TableCache`]).
@@ -115,6 +120,24 @@ pub struct StoreConfig {
     pub reserve_bytes: u64,
     /// Largest chunk accepted.
     pub chunk_bytes_max: u64,
+    /// Where the kernel's boot id is read ([`BOOT_ID_PATH`]; tests name a
+    /// file of their own to play a reboot).
+    pub boot_id_path: PathBuf,
+}
+
+/// The boot id at `path`, or empty (unknown) if it cannot be read.
+fn read_boot_id(path: &Path) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = File::open(path).and_then(|f| f.take(BOOT_ID_BYTES_MAX).read_to_string(&mut text));
+    match read {
+        Ok(_) => text.trim().to_owned(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e,
+                "cannot read the kernel's boot id: a power loss will not be told from a process crash");
+            String::new()
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -478,6 +501,10 @@ struct Inner {
     /// The data directory is on a memory file system: the data path's
     /// async calls run inline (see [`ChunkStore::data_io`]).
     memory_backed: bool,
+    /// See [`ChunkStore::incarnation`].
+    incarnation: u64,
+    /// See [`ChunkStore::lost_cache`].
+    lost_cache: bool,
     tables: Mutex<TableCache>,
 }
 
@@ -543,7 +570,8 @@ impl ChunkStore {
     pub fn open(cfg: StoreConfig) -> Result<ChunkStore, StoreError> {
         let chunks_dir = cfg.data_dir.join("chunks");
         std::fs::create_dir_all(&chunks_dir)?;
-        let opened = Index::open(&cfg.data_dir.join("index"))?;
+        let boot_id = read_boot_id(&cfg.boot_id_path);
+        let opened = Index::open(&cfg.data_dir.join("index"), &boot_id)?;
         let index = opened.index;
         let mut chunks = HashMap::new();
         let mut used = 0u64;
@@ -590,7 +618,13 @@ impl ChunkStore {
         }
         index.apply(&rewrite, &[])?;
         remove_orphans(&chunks_dir, &chunks)?;
-        if !opened.was_clean {
+        if opened.lost_cache {
+            tracing::warn!(
+                chunks = chunks.len(),
+                incarnation = opened.incarnation,
+                "chunk store was not closed cleanly, in an earlier boot: writes not yet flushed may be lost (primaries rebuild what they wrote since their last flush)"
+            );
+        } else if !opened.was_clean {
             tracing::warn!(chunks = chunks.len(), "chunk store was not closed cleanly");
         }
         let memory_backed = is_memory_fs(&chunks_dir);
@@ -615,6 +649,8 @@ impl ChunkStore {
                 admin: Mutex::new(()),
                 close_on_drop: std::sync::atomic::AtomicBool::new(true),
                 memory_backed,
+                incarnation: opened.incarnation,
+                lost_cache: opened.lost_cache,
                 tables: Mutex::new(TableCache {
                     ring: VecDeque::new(),
                     bytes: 0,
@@ -629,6 +665,20 @@ impl ChunkStore {
     /// as after a crash). Page-cache contents survive, as with SIGKILL.
     pub fn abandon(self) {
         self.inner.close_on_drop.store(false, Ordering::SeqCst);
+    }
+
+    /// Raised each time the store opens after losing its page cache (not
+    /// closed cleanly, in an earlier boot of the kernel); 1 for a new
+    /// store. Buffered writes acknowledged under an older incarnation may
+    /// be gone.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
+    }
+
+    /// Whether this open followed a loss of the page cache (the event
+    /// that raised the incarnation).
+    pub fn lost_cache(&self) -> bool {
+        self.inner.lost_cache
     }
 
     pub fn config(&self) -> &StoreConfig {

@@ -34,6 +34,7 @@ fn cfg(dir: &Path, capacity: u64, reserve: u64) -> StoreConfig {
         capacity_bytes: capacity,
         reserve_bytes: reserve,
         chunk_bytes_max: 4 * MIB,
+        boot_id_path: BOOT_ID_PATH.into(),
     }
 }
 
@@ -1007,6 +1008,46 @@ async fn reopen_keeps_everything_and_versions_move_forward() {
     h.reopen();
     assert!(h.store().info(id(1)).expect("info").version >= v1 + VERSION_CRASH_BUMP);
     h.check_all().await;
+}
+
+/// The incarnation moves only when the page cache may be gone: an
+/// unclean shutdown followed by an open in another boot of the kernel. A
+/// process kill (same boot) or a clean close (whatever the boot) keeps it.
+#[tokio::test]
+async fn the_incarnation_moves_only_after_an_unclean_shutdown_in_another_boot() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let boot = tmp.path().join("boot_id");
+    let open = |id: &str| {
+        std::fs::write(&boot, format!("{id}\n")).expect("boot id");
+        let mut c = cfg(&data, 64 * MIB, 0);
+        c.boot_id_path = boot.clone();
+        ChunkStore::open(c).expect("open")
+    };
+    let s = open("boot-a");
+    assert_eq!(s.incarnation(), 1, "a new store");
+    s.abandon(); // a process kill
+    let s = open("boot-a");
+    assert_eq!(
+        s.incarnation(),
+        1,
+        "killed, same boot: the page cache survived"
+    );
+    s.abandon(); // a power loss
+    let s = open("boot-b");
+    assert_eq!(s.incarnation(), 2, "unclean shutdown, another boot");
+    drop(s); // clean close
+    let s = open("boot-c");
+    assert_eq!(s.incarnation(), 2, "closed cleanly: nothing was buffered");
+    s.abandon();
+    // A boot id that cannot be read is never taken for another boot.
+    let mut c = cfg(&data, 64 * MIB, 0);
+    c.boot_id_path = tmp.path().join("no-such-file");
+    let s = ChunkStore::open(c).expect("open");
+    assert_eq!(s.incarnation(), 2, "unknown boot");
+    s.abandon();
+    let s = open("boot-d");
+    assert_eq!(s.incarnation(), 3, "the last known boot was c");
 }
 
 #[tokio::test]

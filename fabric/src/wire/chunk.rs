@@ -192,6 +192,15 @@ pub struct ChunkStatsResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkFlushRequest {}
 
+/// A flush done, and the store's incarnation: raised each time the store
+/// opens after losing its page cache (an unclean shutdown in another boot
+/// of the kernel: a power loss, a kernel crash). A caller that sees it
+/// change knows that buffered writes it sent before may be gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushDone {
+    pub incarnation: u64,
+}
+
 /// Run one scrub pass over every chunk now, verifying at most
 /// `blocks_per_sec` 4 KiB blocks a second (0: unpaced), and report what it
 /// found. The pass must finish within the call's deadline.
@@ -310,7 +319,7 @@ chunk_rpc!(
 );
 chunk_rpc!(
     /// Make buffered mutations stable.
-    ChunkFlush, Kind::CHUNK_FLUSH, ChunkFlushRequest, Done
+    ChunkFlush, Kind::CHUNK_FLUSH, ChunkFlushRequest, FlushDone
 );
 chunk_rpc!(
     /// Scrub every chunk now.

@@ -181,6 +181,7 @@ impl Cluster {
                     )
                 })
                 .collect();
+            std::fs::write(dir.path().join(format!("boot-id-{i}")), "boot-1\n").unwrap();
             let config = dir.path().join(format!("node-{i}.toml"));
             std::fs::write(
                 &config,
@@ -195,6 +196,7 @@ seeds = [
 {seeds}]
 [store]
 data_dir = "data-{i}"
+boot_id_path = "boot-id-{i}"
 capacity = "4G"
 chunk_bytes_max = "16M"
 [scrub]
@@ -425,6 +427,20 @@ metadata = [
             .iter()
             .position(|n| n.name == name.as_str())
             .unwrap()
+    }
+
+    /// Plays a reboot of node `i`'s kernel: the boot id its store reads
+    /// changes (the store takes an unclean shutdown under another boot id
+    /// for a loss of its page cache).
+    pub fn new_boot(&self, i: usize) {
+        let path = self.dir.path().join(format!("boot-id-{i}"));
+        let old = std::fs::read_to_string(&path).unwrap();
+        let n: u64 = old
+            .trim()
+            .strip_prefix("boot-")
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        std::fs::write(&path, format!("boot-{}\n", n + 1)).unwrap();
     }
 
     pub fn logs(&self) -> String {
