@@ -11,9 +11,13 @@
 //! Reed–Solomon ([`codec`]; `docs/data-path.md` says why not
 //! reed-solomon-erasure's `m = 1` code).
 //! A restarted primary replays its journal: for every write that was
-//! journaled but not retired it recomputes the parity of the rows the
-//! write touched from the data chunks, so data and parity never disagree
-//! (no write hole).
+//! journaled but not acknowledged (after a power loss of its node: not
+//! yet flushed everywhere) it recomputes the parity of the rows the write
+//! touched from the data chunks, so data and parity never disagree (no
+//! write hole). Records are kept until every chunk of their extent is
+//! flushed, and a flush that finds a holder lost its page cache since the
+//! last one rebuilds those rows on it (`docs/data-path.md`, "Power
+//! loss").
 //!
 //! Writes to the same stripe rows are serialized ([`lock`]): the ordering
 //! every gateway sees is the primary's, and writes to different rows of
@@ -1357,8 +1361,9 @@ impl Primary {
         }
     }
 
-    /// Takes `seqs` off the in-flight set and trims the journal below the
-    /// oldest record still in it.
+    /// Takes `seqs` off the in-flight set (if there) and trims the journal
+    /// below the oldest record in flight, being appended or waiting for a
+    /// flush.
     async fn retire(&self, seqs: &[u64]) {
         if seqs.is_empty() {
             return;
