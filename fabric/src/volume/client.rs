@@ -534,27 +534,50 @@ impl Volume {
         Ok(())
     }
 
-    /// Makes every write completed so far durable.
-    pub async fn flush(&self) -> Result<(), VolumeError> {
-        let dirty: Vec<u64> = std::mem::take(&mut *self.dirty.lock())
-            .into_iter()
-            .collect();
-        for (i, index) in dirty.iter().enumerate() {
-            let r = self
-                .via_primary::<ExtentFlush, _>(
-                    *index,
-                    false,
-                    |r| ExtentFlushRequest { extent: r },
-                    Bytes::new(),
-                )
-                .await;
-            if let Err(e) = r {
-                // Whatever was not flushed stays dirty for the next try.
-                self.dirty.lock().extend(dirty[i..].iter().copied());
-                return Err(e);
+    /// Makes every write completed so far durable: every extent written
+    /// since the last flush is flushed by its primary, all at once (a
+    /// random write load dirties every extent of the LUN, and one after
+    /// another a flush waited for the sum of their syncs).
+    pub async fn flush(self: &Arc<Self>) -> Result<(), VolumeError> {
+        let dirty = std::mem::take(&mut *self.dirty.lock());
+        let mut set = JoinSet::new();
+        for index in dirty.iter().copied() {
+            let v = self.clone();
+            set.spawn(async move {
+                let r = v
+                    .via_primary::<ExtentFlush, _>(
+                        index,
+                        false,
+                        |r| ExtentFlushRequest { extent: r },
+                        Bytes::new(),
+                    )
+                    .await;
+                (index, r)
+            });
+        }
+        let mut left = dirty;
+        let mut first_err = None;
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok((index, Ok(_))) => {
+                    left.remove(&index);
+                }
+                Ok((_, Err(e))) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(VolumeError::Unavailable(format!("flush task: {e}")));
+                }
             }
         }
-        Ok(())
+        match first_err {
+            None => Ok(()),
+            Some(e) => {
+                // Whatever was not flushed stays dirty for the next try.
+                self.dirty.lock().extend(left);
+                Err(e)
+            }
+        }
     }
 
     /// Whether any byte of the range may be allocated (GET LBA STATUS):

@@ -456,13 +456,13 @@ async fn gateway(
         tokio::task::spawn_local(watch_health(meta.clone(), lun.id, sh.clone()));
     }
     let (vol_meta, lun_id) = (meta.clone(), lun.id);
-    let vol = Volume::new(
+    let vol = std::sync::Arc::new(Volume::new(
         lun,
         meta,
         client.clone(),
         gossip.watch(),
         VolumeConfig::default(),
-    )?;
+    )?);
     {
         let mut s = sh.borrow_mut();
         s.ready += 1;
