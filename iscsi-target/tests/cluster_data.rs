@@ -363,6 +363,12 @@ fn qemu_io(url: &str, cmd: &str) -> Result<String, String> {
     }
 }
 
+/// Runs `cmd` with `qemu-io` on the first gateway's LUN; a failure fails
+/// the test, with the cluster's logs.
+fn io(c: &Cluster, cmd: &str) {
+    qemu_io(&c.url(0), cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
+}
+
 /// The primary is killed (by a test hook) at a point where a write is
 /// journaled but not (fully) applied; the write stream goes on, the node
 /// comes back, and no stripe is left with parity that disagrees with its
@@ -659,10 +665,6 @@ fn strip_ansi(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_holder_is_caught_up_with_only_what_it_missed() {
     let mut c = cluster_with_lun(128 * MIB).await;
-    let url = c.url(0);
-    let io = |c: &Cluster, cmd: &str| {
-        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
-    };
     // Extent 0 (48 MiB: three 16 MiB data chunks) written whole.
     io(&c, "write -P 0x11 0 48M");
     let s = c.summary().await;
@@ -745,9 +747,6 @@ async fn an_unmap_missed_by_a_holder_back_at_once_is_mended_in_place() {
 async fn mended_after_a_quick_restart(cmds: impl Fn(u64) -> (String, String)) {
     let mut c = cluster_with_lun(64 * MIB).await;
     let url = c.url(0);
-    let io = |c: &Cluster, cmd: &str| {
-        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
-    };
     io(&c, "write -P 0x11 0 48M");
     let s = c.summary().await;
     let (lun, unit) = (s.luns[0].id, u64::from(s.luns[0].stripe_unit));
@@ -844,9 +843,6 @@ async fn a_retry_over_a_chunk_write_whose_answer_was_lost_is_not_lost() {
         n.set_env("WEFT_TEST_CRASH_POINT", None); // for restarts
     }
     let url = c.url(0);
-    let io = |c: &Cluster, cmd: &str| {
-        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
-    };
     // Row 0 whole: every chunk overwritten, no delta write (no hook).
     let Row0 {
         lun,
@@ -924,9 +920,6 @@ async fn a_retry_over_a_chunk_write_whose_answer_was_lost_is_not_lost() {
 async fn a_failed_write_with_a_chunk_out_does_not_pin_the_journal() {
     let mut c = cluster_with_lun(64 * MIB).await;
     let url = c.url(0);
-    let io = |c: &Cluster, cmd: &str| {
-        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
-    };
     let Row0 {
         lun,
         unit,
@@ -1084,10 +1077,6 @@ async fn a_data_holder_that_loses_power_loses_no_acknowledged_write() {
     u.lose_chunk_1s_page_cache();
     let Unflushed { c, row, .. } = &mut u;
     let (lun, unit, d1) = (row.lun, row.unit, row.chunk1);
-    let url = c.url(0);
-    let io = |c: &Cluster, cmd: &str| {
-        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
-    };
     // The holder stays down until the primary's own flush has found it
     // gone (or 30 s: without that flush nothing ever does).
     let end = std::time::Instant::now() + Duration::from_secs(30);
@@ -1124,9 +1113,6 @@ async fn a_data_holder_back_at_once_from_a_power_loss_loses_no_acknowledged_writ
     let Unflushed { c, row, .. } = &mut u;
     let (unit, d1, primary) = (row.unit, row.chunk1, row.primary);
     let url = c.url(0);
-    let io = |c: &Cluster, cmd: &str| {
-        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
-    };
     c.nodes[d1].start();
     // The initiator writes elsewhere and flushes (in writeback mode, not
     // FUA: qemu sends SYNCHRONIZE CACHE only after such a write).
@@ -1167,9 +1153,6 @@ async fn a_power_loss_of_every_node_leaves_every_stripe_consistent() {
     let Unflushed { c, row, .. } = &mut u;
     let (unit, d1) = (row.unit, row.chunk1);
     let url = c.url(0);
-    let io = |c: &Cluster, cmd: &str| {
-        qemu_io(&url, cmd).unwrap_or_else(|e| panic!("{cmd}: {e}\n{}", c.logs()));
-    };
     for n in 0..c.nodes.len() {
         c.nodes[n].start();
     }

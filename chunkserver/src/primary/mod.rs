@@ -177,9 +177,6 @@ fn unavailable(detail: impl Into<String>) -> RpcError {
     app(extent_error::UNAVAILABLE, detail)
 }
 
-/// An extent's journal records still to replay: (lun, extent), then
-/// (seq, entry) in journal order.
-/// Journal records left by the last run, per extent, oldest first.
 /// A journal record's seq and what it says.
 type SeqEntry = (u64, JournalEntry);
 /// A chunk of an extent: `(lun, extent, slot)`.
@@ -187,7 +184,7 @@ type SlotKey = (u64, u64, usize);
 
 /// Per extent, the journal records to replay and the byte ranges they
 /// cover (merged, so that rows many records touched are reconciled once).
-type ExtentRecords = BTreeMap<(u64, u64), (Vec<(u64, JournalEntry)>, VecDeque<JournalEntry>)>;
+type ExtentRecords = BTreeMap<(u64, u64), (Vec<SeqEntry>, VecDeque<JournalEntry>)>;
 
 /// The ranges of `entries` (of one extent), merged where they overlap or
 /// touch, in offset order.
@@ -2283,26 +2280,12 @@ impl Primary {
         );
         match slots[..] {
             [slot] => {
-                let step = u64::from(EXTENT_IO_BYTES_MAX);
-                for r in &ranges {
-                    for (a, b) in parity_columns(layout, r.offset, r.len) {
-                        let mut pos = a;
-                        while pos < b {
-                            let n = step.min(b - pos);
-                            let acc = self.rebuild_range(&e, layout, slot, pos, pos + n).await?;
-                            self.overwrite(
-                                &e,
-                                slot,
-                                pos,
-                                Bytes::from(acc),
-                                Durability::Stable,
-                                Self::chunk_deadline(),
-                            )
-                            .await?;
-                            pos += n;
-                        }
-                    }
-                }
+                let cols: Vec<(u64, u64)> = ranges
+                    .iter()
+                    .flat_map(|r| parity_columns(layout, r.offset, r.len))
+                    .collect();
+                self.rebuild_onto(&e, layout, slot, &cols, Durability::Stable)
+                    .await?;
             }
             _ => {
                 for r in &ranges {
@@ -2316,6 +2299,31 @@ impl Primary {
         Ok(())
     }
 
+    /// Rebuilds chunk ranges `ranges` of chunk `slot` of `e` from the other
+    /// chunks and overwrites them on it, a bounded piece at a time.
+    async fn rebuild_onto(
+        &self,
+        e: &Extent,
+        layout: &Layout,
+        slot: usize,
+        ranges: &[(u64, u64)],
+        durability: Durability,
+    ) -> Result<(), RpcError> {
+        let step = u64::from(EXTENT_IO_BYTES_MAX);
+        for &(a, b) in ranges {
+            let (mut pos, b) = (a, b.min(layout.chunk_bytes));
+            while pos < b {
+                let n = step.min(b - pos);
+                let acc = self.rebuild_range(e, layout, slot, pos, pos + n).await?;
+                let deadline = Self::chunk_deadline();
+                self.overwrite(e, slot, pos, Bytes::from(acc), durability, deadline)
+                    .await?;
+                pos += n;
+            }
+        }
+        Ok(())
+    }
+
     /// Flushes, every `flush_after`, the extents with writes done since
     /// their last flush, and retires those writes' journal records: an
     /// initiator that never flushes must not pin the journal, nor leave
@@ -2325,13 +2333,9 @@ impl Primary {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(p.flush_after).await;
-                let due: Vec<((u64, u64), Vec<u64>)> = p
-                    .unflushed
-                    .lock()
-                    .iter()
-                    .map(|(k, v)| (*k, v.iter().map(|(s, _)| *s).collect()))
-                    .collect();
-                for ((lun, extent), seqs) in due {
+                let due: Vec<(u64, u64)> = p.unflushed.lock().keys().copied().collect();
+                for (lun, extent) in due {
+                    let seqs = p.unflushed_seqs(lun, extent);
                     if let Err(err) = p.checkpoint(lun, extent, &seqs).await {
                         debug!(lun, extent, %err, "flushing an extent's writes; will retry");
                     }
@@ -2670,25 +2674,8 @@ impl Primary {
                 "catching up a chunk"
             }
         );
-        let step = u64::from(EXTENT_IO_BYTES_MAX);
-        for (a, b) in ranges {
-            let (mut pos, b) = (a, b.min(layout.chunk_bytes));
-            while pos < b {
-                let n = step.min(b - pos);
-                let acc = self.rebuild_range(&e, &layout, slot, pos, pos + n).await?;
-                let deadline = Self::chunk_deadline();
-                self.overwrite(
-                    &e,
-                    slot,
-                    pos,
-                    Bytes::from(acc),
-                    Durability::Buffered,
-                    deadline,
-                )
-                .await?;
-                pos += n;
-            }
-        }
+        self.rebuild_onto(&e, &layout, slot, &ranges, Durability::Buffered)
+            .await?;
         let incarnation = self.flush_one(&e, slot).await?;
         self.see_incarnation(&e, slot, incarnation);
         let mut chunks = e.chunks.clone();
@@ -2726,7 +2713,7 @@ impl Primary {
     /// own records are reconciled; one that cannot be yet (a chunk
     /// unreachable or unreadable) is retried without holding up the others.
     pub fn spawn_replay(self: &Arc<Self>, records: Vec<Record>, settled: u64, lost_cache: bool) {
-        let mut by_extent: BTreeMap<(u64, u64), Vec<(u64, JournalEntry)>> = BTreeMap::new();
+        let mut by_extent: BTreeMap<(u64, u64), Vec<SeqEntry>> = BTreeMap::new();
         let mut unreadable = Vec::new();
         let mut kept = 0usize;
         // Live writes trim (and settle) the journal only below the oldest
