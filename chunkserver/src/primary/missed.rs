@@ -18,7 +18,10 @@
 //!   it missing, and used only while the metadata still names that epoch
 //!   and that node: a chunk marked missing by anyone else (a takeover, a
 //!   flush that failed, a move to another node) has no bound record and is
-//!   rebuilt whole;
+//!   rebuilt whole — except one marked by this primary's takeover from
+//!   its holder, opened at that marking ([`Missed::taken_over`]): the
+//!   writes the old primary had not finished are not in it, but the old
+//!   primary's journal names their rows, and the catch-up adds them;
 //! - it follows the extent's epoch through every change this primary
 //!   makes to the extent's record, and is used only if the metadata's
 //!   epoch is still the last one it followed: any change by another node
@@ -49,6 +52,9 @@ struct Record {
     /// Not to be trusted (too many ranges, or the chunk was marked missing
     /// twice): rebuild whole.
     whole: bool,
+    /// Opened by this primary's takeover from the chunk's holder: the rows
+    /// that holder's journal names must be caught up too.
+    takeover: bool,
 }
 
 impl Record {
@@ -102,6 +108,7 @@ impl Missed {
                     epoch: 0,
                     ranges: BTreeMap::new(),
                     whole: false,
+                    takeover: false,
                 });
             if r.node != *node {
                 r.whole = true;
@@ -202,6 +209,38 @@ impl Missed {
         Some(r.ranges.iter().map(|(a, b)| (*a, *b)).collect())
     }
 
+    /// This primary has just taken `e` over and marked chunk `slot`, the
+    /// old primary's, missing (`e` as the metadata has it after that): its
+    /// record opens bound to that marking, empty.
+    pub fn taken_over(&self, e: &Extent, slot: usize) {
+        let (Some(node), Some(ChunkState::Missing { since_epoch })) =
+            (e.nodes.get(slot), e.chunks.get(slot))
+        else {
+            return;
+        };
+        self.records.lock().insert(
+            (e.lun, e.index, slot),
+            Record {
+                node: node.clone(),
+                since_epoch: Some(*since_epoch),
+                epoch: e.epoch,
+                ranges: BTreeMap::new(),
+                whole: false,
+                takeover: true,
+            },
+        );
+    }
+
+    /// Whether the record of chunk `slot` of `e` was opened by a takeover
+    /// ([`Self::taken_over`]): its ranges lack the rows the old primary
+    /// left in doubt.
+    pub fn opened_by_takeover(&self, e: &Extent, slot: usize) -> bool {
+        self.records
+            .lock()
+            .get(&(e.lun, e.index, slot))
+            .is_some_and(|r| r.takeover)
+    }
+
     /// Chunk `slot` of extent `(lun, index)` is back in service (or gone).
     pub fn forget(&self, lun: u64, index: u64, slot: usize) {
         self.records.lock().remove(&(lun, index, slot));
@@ -270,6 +309,33 @@ mod tests {
         m.failed(&e, &[1], &[(0, 4096)]);
         m.bind(&e2, &e2.chunks, &[1]);
         assert_eq!(m.ranges(&e2, 1), None);
+    }
+
+    #[test]
+    fn a_takeover_opens_a_record_of_the_old_primarys_chunk_that_asks_for_its_doubts() {
+        let m = Missed::default();
+        // Taken over at epoch 6: the old primary's chunk 3 marked missing.
+        let mut e = extent(vec![ChunkState::Ok; 4]);
+        e.epoch = 6;
+        e.chunks[3] = ChunkState::Missing { since_epoch: 6 };
+        assert!(!m.opened_by_takeover(&e, 3));
+        m.taken_over(&e, 3);
+        assert!(m.opened_by_takeover(&e, 3));
+        assert_eq!(m.ranges(&e, 3), Some(vec![]));
+        m.skipped(&e, &[(0, 4096)]);
+        m.advanced(1, 0, 6, 7);
+        e.epoch = 7;
+        assert_eq!(m.ranges(&e, 3), Some(vec![(0, 4096)]));
+        // A change made elsewhere since: rebuilt whole after all.
+        e.epoch = 9;
+        assert_eq!(m.ranges(&e, 3), None);
+        // A chunk that was out already is not the takeover's to record.
+        let mut out = extent(vec![ChunkState::Ok; 4]);
+        out.chunks[2] = ChunkState::Missing { since_epoch: 3 };
+        m.taken_over(&out, 1);
+        assert!(!m.opened_by_takeover(&out, 1));
+        m.forget(1, 0, 3);
+        assert!(!m.opened_by_takeover(&e, 3));
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod missed;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -48,9 +48,10 @@ use fabric::wire::chunk::{
     ChunkReadRequest, ChunkRef, ChunkWrite, ChunkWriteRequest, Durability,
 };
 use fabric::wire::extent::{
-    extent_error, ExtentDone, ExtentFlush, ExtentFlushRequest, ExtentPunch, ExtentPunchRequest,
-    ExtentRead, ExtentReadRequest, ExtentRef, ExtentTakeover, ExtentTakeoverRequest, ExtentWrite,
-    ExtentWriteRequest, EXTENT_IO_BYTES_MAX,
+    extent_error, ExtentDone, ExtentDoubts, ExtentDoubtsDone, ExtentDoubtsRequest, ExtentFlush,
+    ExtentFlushRequest, ExtentPunch, ExtentPunchRequest, ExtentRead, ExtentReadRequest, ExtentRef,
+    ExtentTakeover, ExtentTakeoverRequest, ExtentWrite, ExtentWriteRequest,
+    EXTENT_DOUBTS_RANGES_MAX, EXTENT_IO_BYTES_MAX,
 };
 use fabric::wire::Rpc;
 use fabric::{NodeId, Router};
@@ -288,6 +289,20 @@ pub struct Primary {
     /// the record stays in the journal until a flush makes every chunk
     /// durable, so the replay after such a crash reconciles those rows.
     unflushed: Mutex<BTreeMap<(u64, u64), Vec<SeqEntry>>>,
+    /// Every journal record not retired yet, by seq: what this node tells
+    /// a primary that took over from it ([`Self::doubts_of`]).
+    kept: Mutex<BTreeMap<u64, JournalEntry>>,
+    /// What [`Self::kept`] says cannot be trusted to name every row where
+    /// this node's chunks may lack a write: its store lost its page cache
+    /// at open (with it writes of other primaries too), or a record was
+    /// unreadable. A primary that took over from it rebuilds them whole.
+    kept_incomplete: AtomicBool,
+    /// Extents whose journal records this node keeps for a primary that
+    /// took them over (see [`Self::handed_over`]), with the epoch at which
+    /// it saw its chunk out: once that chunk is back in service at a later
+    /// epoch, that primary caught it up with those rows, and replaying them
+    /// here is moot.
+    handed: Mutex<HashMap<(u64, u64), u64>>,
     /// Per chunk `(lun, extent, slot)`, its holder and the incarnation
     /// its store answered the last flush with (or the first, for a chunk
     /// new to this process): a holder whose incarnation changed since lost
@@ -354,6 +369,9 @@ impl Primary {
             inflight: Mutex::new(BTreeSet::new()),
             appending: Mutex::new(BTreeMap::new()),
             unflushed: Mutex::new(BTreeMap::new()),
+            kept: Mutex::new(BTreeMap::new()),
+            kept_incomplete: AtomicBool::new(false),
+            handed: Mutex::new(HashMap::new()),
             incarnations: Mutex::new(HashMap::new()),
             flush_after: timing.flush_after,
             crash,
@@ -437,6 +455,11 @@ impl Primary {
                     .detached(async move { p.takeover(req).await })
                     .await
             }
+        })?;
+        let p = self.clone();
+        router.register::<ExtentDoubts, _, _>(move |_peer, req, _| {
+            let p = p.clone();
+            async move { p.doubts_of(req) }
         })?;
         Ok(())
     }
@@ -939,6 +962,7 @@ impl Primary {
             }
             if let Ok(seq) = appended {
                 self.inflight.lock().insert(seq);
+                self.kept.lock().insert(seq, entry);
             }
         }
         let seq = appended.map_err(|x| unavailable(format!("journal: {x}")))?;
@@ -1367,8 +1391,10 @@ impl Primary {
         }
         {
             let mut f = self.inflight.lock();
+            let mut kept = self.kept.lock();
             for seq in seqs {
                 f.remove(seq);
+                kept.remove(seq);
             }
         }
         let upto = self.below(true);
@@ -2371,12 +2397,92 @@ impl Primary {
                 };
                 self.flush_chunks(e, &layout, mark).await?;
             }
-            Ok(_) => {}
+            Ok(e) => self.handed_over(&e)?,
             Err(RpcError::Application { code, .. }) if code == extent_error::NOT_ALLOCATED => {}
             Err(err) => return Err(err),
         }
         self.flushed(lun, extent, seqs).await;
         Ok(())
+    }
+
+    /// Whether this node, no longer the primary of `e`, may let go of its
+    /// journal records of `e`: not while a chunk of its own there is out
+    /// of service. A primary that took over from this node marked that
+    /// chunk missing, and will ask which rows this node's records name
+    /// ([`Self::doubts_of`]) to catch it up with those and not rebuild it
+    /// whole.
+    fn handed_over(&self, e: &Extent) -> Result<(), RpcError> {
+        let out = e
+            .nodes
+            .iter()
+            .zip(&e.chunks)
+            .any(|(n, c)| *n == self.me && *c != ChunkState::Ok);
+        if out {
+            self.handed.lock().insert((e.lun, e.index), e.epoch);
+            return Err(unavailable(format!(
+                "this node's chunk of {}/{} is out of service: its journal records wait for the primary to catch it up",
+                e.lun, e.index
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether another primary has caught up this node's chunk of extent
+    /// `(lun, index)` since this node kept its records for it
+    /// ([`Self::handed`]): they are then done, also if this node leads the
+    /// extent again (its parity chunk back in service makes it primary).
+    /// Replayed as primary, they would wait for every data chunk, and a
+    /// data chunk out meanwhile could be rebuilt only once they were
+    /// (`weft-sim --seed 711`).
+    async fn caught_up_elsewhere(&self, lun: u64, index: u64) -> bool {
+        let Some(seen) = self.handed.lock().get(&(lun, index)).copied() else {
+            return false;
+        };
+        match self.fresh_extent(lun, index).await {
+            Ok(e) => {
+                e.epoch > seen
+                    && e.nodes
+                        .iter()
+                        .zip(&e.chunks)
+                        .any(|(n, c)| *n == self.me && *c == ChunkState::Ok)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Answers a primary that took an extent over from this node: the
+    /// rows its journal still holds records of, where its chunk may lack
+    /// a write or disagree with the stripe (rows of writes in flight when
+    /// it lost the extent, and of writes not flushed yet). Unavailable
+    /// while the journal is not read yet or cannot say
+    /// ([`Self::kept_incomplete`]): the chunk is then rebuilt whole.
+    fn doubts_of(&self, r: ExtentDoubtsRequest) -> Result<(ExtentDoubtsDone, Bytes), RpcError> {
+        if self.replay_pending.lock().is_none() {
+            return Err(unavailable("the journal is not read yet"));
+        }
+        if self.kept_incomplete.load(Ordering::Relaxed) {
+            return Err(unavailable(
+                "this node lost its page cache or a journal record since it started: its records do not name every row it may lack",
+            ));
+        }
+        let entries: Vec<JournalEntry> = self
+            .kept
+            .lock()
+            .values()
+            .filter(|x| (x.lun, x.extent) == (r.extent.lun, r.extent.extent))
+            .cloned()
+            .collect();
+        let ranges: Vec<(u64, u64)> = merge_ranges(entries)
+            .into_iter()
+            .map(|x| (x.offset, x.len))
+            .collect();
+        if ranges.len() > EXTENT_DOUBTS_RANGES_MAX {
+            return Err(unavailable(format!(
+                "{} ranges of records: more than {EXTENT_DOUBTS_RANGES_MAX}",
+                ranges.len()
+            )));
+        }
+        Ok((ExtentDoubtsDone { ranges }, Bytes::new()))
     }
 
     /// Takes over as primary of an extent whose primary the caller (a
@@ -2423,11 +2529,13 @@ impl Primary {
         let _held = self.lock(e.lun, e.index).exclusive().await;
         let layout = self.layout(e.lun).await?;
         let mut chunks = e.chunks.clone();
+        let mut marked_old = false;
         if let Some(c) = chunks.get_mut(old) {
             if *c == ChunkState::Ok {
                 *c = ChunkState::Missing {
                     since_epoch: e.epoch + 1,
                 };
+                marked_old = true;
             }
         }
         // The old primary's chunk and whatever rows it left in doubt are
@@ -2468,6 +2576,9 @@ impl Primary {
                 now_ms: 0,
             })
             .await?;
+        if marked_old {
+            self.missed.taken_over(&e2, old);
+        }
         warn!(
             lun = e.lun,
             extent = e.index,
@@ -2475,7 +2586,7 @@ impl Primary {
             "took over as primary"
         );
         if layout.m > 1 {
-            self.reconcile_whole(&layout, e.lun, e.index);
+            self.reconcile_whole(&layout, &e2, marked_old.then_some(old));
         }
         Ok((ExtentDone { epoch: e2.epoch }, Bytes::new()))
     }
@@ -2655,9 +2766,30 @@ impl Primary {
         // had buffered is still there); otherwise rebuilt whole.
         let incarnation = self.flush_one(&e, slot).await?;
         let kept = self.incarnation_seen(&e, slot) == Some(incarnation);
+        let whole = vec![(0, layout.chunk_bytes)];
         let ranges = match self.missed.ranges(&e, slot) {
+            // Taken over from its holder: what it missed since, and the
+            // rows its own journal names (it knows whether its page cache
+            // survived).
+            Some(mut r) if existed && self.missed.opened_by_takeover(&e, slot) => {
+                match self.doubts_from(&e, &layout, slot).await {
+                    Ok(doubts) => {
+                        r.extend(
+                            doubts
+                                .iter()
+                                .flat_map(|d| parity_columns(&layout, d.offset, d.len)),
+                        );
+                        r
+                    }
+                    Err(err) => {
+                        info!(lun = e.lun, extent = e.index, slot, %err,
+                            "the old primary cannot say which rows it left in doubt: rebuilding its chunk whole");
+                        whole
+                    }
+                }
+            }
             Some(r) if existed && kept => r,
-            _ => vec![(0, layout.chunk_bytes)],
+            _ => whole,
         };
         let bytes: u64 = ranges.iter().map(|(a, b)| b - a).sum();
         let whole = ranges == [(0, layout.chunk_bytes)];
@@ -2707,6 +2839,43 @@ impl Primary {
         Ok(())
     }
 
+    /// The rows of `e` that the holder of chunk `slot`, the primary this
+    /// node took the extent over from, names as possibly in doubt
+    /// ([`Self::doubts_of`]), as extent ranges.
+    async fn doubts_from(
+        &self,
+        e: &Extent,
+        layout: &Layout,
+        slot: usize,
+    ) -> Result<Vec<JournalEntry>, RpcError> {
+        let req = ExtentDoubtsRequest {
+            extent: ExtentRef {
+                lun: e.lun,
+                extent: e.index,
+                epoch: e.epoch,
+            },
+        };
+        let (done, _) = self
+            .route_to(e, slot)?
+            .call::<ExtentDoubts>(&req, Bytes::new(), Self::chunk_deadline())
+            .await?;
+        if done.ranges.len() > EXTENT_DOUBTS_RANGES_MAX {
+            return Err(unavailable("too many ranges"));
+        }
+        done.ranges
+            .into_iter()
+            .map(|(offset, len)| {
+                check_range(layout, offset, len)?;
+                Ok(JournalEntry {
+                    lun: e.lun,
+                    extent: e.index,
+                    offset,
+                    len,
+                })
+            })
+            .collect()
+    }
+
     /// Reconciles the rows of every write left in the journal by a crash:
     /// parity recomputed from the data chunks, extent by extent, in journal
     /// order within an extent. An extent is served again as soon as its
@@ -2726,6 +2895,7 @@ impl Primary {
                 unreadable.push(rec.seq);
                 continue;
             };
+            self.kept.lock().insert(rec.seq, entry.clone());
             // A write acknowledged (its rows agreed) and kept only until a
             // flush needs nothing after a process crash: every chunk still
             // has it in its page cache. After a power loss here, its rows
@@ -2753,6 +2923,9 @@ impl Primary {
                 "journal records of writes acknowledged before the restart kept until a flush"
             );
         }
+        if lost_cache || !unreadable.is_empty() {
+            self.kept_incomplete.store(true, Ordering::Relaxed);
+        }
         *self.replay_pending.lock() = Some(todo.keys().copied().collect());
         let p = self.clone();
         tokio::spawn(async move {
@@ -2768,6 +2941,12 @@ impl Primary {
             );
             loop {
                 for (key, (seqs, ranges)) in todo.iter_mut() {
+                    if p.caught_up_elsewhere(key.0, key.1).await {
+                        info!(lun = key.0, extent = key.1,
+                            "journal replay: the primary that took the extent over caught this node's chunk up with these rows");
+                        ranges.clear();
+                        p.handed.lock().remove(key);
+                    }
                     while let Some(entry) = ranges.front() {
                         match p.reconcile(entry, Known::Nothing).await {
                             Ok(()) => {
@@ -2798,10 +2977,17 @@ impl Primary {
         });
     }
 
-    /// Recomputes every parity chunk of extent `(lun, index)` from its
-    /// data, retrying until done; the extent is not served meanwhile. Called
-    /// with the extent's lock held, so no write comes between.
-    fn reconcile_whole(self: &Arc<Self>, layout: &Layout, lun: u64, index: u64) {
+    /// Recomputes every parity chunk of extent `e` (just taken over from
+    /// the holder of chunk `old`) from its data, retrying until done; the
+    /// extent is not served meanwhile. Called with the extent's lock held,
+    /// so no write comes between. A data block that fails its checksum
+    /// stops that: its row may be one the old primary left in doubt, where
+    /// the parity cannot say what it held. Once the old primary answers
+    /// which rows those are ([`Self::doubts_from`]), only they are
+    /// recomputed; the parity of the others agrees with the data and
+    /// repairs the bad block when it is read.
+    fn reconcile_whole(self: &Arc<Self>, layout: &Layout, e: &Extent, old: Option<usize>) {
+        let (lun, index) = (e.lun, e.index);
         if let Some(pending) = self.replay_pending.lock().as_mut() {
             pending.insert((lun, index));
         }
@@ -2812,9 +2998,34 @@ impl Primary {
             len: layout.chunk_bytes * layout.k,
         };
         let p = self.clone();
+        let (e, layout) = (e.clone(), *layout);
         tokio::spawn(async move {
-            while let Err(err) = p.reconcile(&entry, Known::Nothing).await {
-                warn!(lun, extent = index, %err, "recomputing the parity after a takeover; will retry");
+            let mut todo = vec![entry];
+            let mut narrowed = false;
+            while let Some(entry) = todo.last() {
+                match p.reconcile(entry, Known::Nothing).await {
+                    Ok(()) => {
+                        todo.pop();
+                        continue;
+                    }
+                    Err(err) => {
+                        warn!(lun, extent = index, %err, "recomputing the parity after a takeover; will retry");
+                    }
+                }
+                if let (Some(old), false) = (old, narrowed) {
+                    match p.doubts_from(&e, &layout, old).await {
+                        Ok(doubts) => {
+                            info!(lun, extent = index, ranges = doubts.len(),
+                                "the old primary named the rows it left in doubt: recomputing only their parity");
+                            todo = doubts;
+                            narrowed = true;
+                            continue;
+                        }
+                        Err(err) => {
+                            debug!(lun, extent = index, %err, "asking the old primary which rows it left in doubt")
+                        }
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             if let Some(pending) = p.replay_pending.lock().as_mut() {
@@ -2859,7 +3070,7 @@ impl Primary {
             Err(err) => return Err(err),
         };
         if e.primary_node() != Some(&self.me) {
-            return Ok(());
+            return self.handed_over(&e);
         }
         let columns = parity_columns(&layout, entry.offset, entry.len);
         let out_data = (0..layout.k as usize).any(|j| e.chunks.get(j) != Some(&ChunkState::Ok));

@@ -68,6 +68,27 @@ pub struct ExtentTakeoverRequest {
     pub extent: ExtentRef,
 }
 
+/// Ask the holder of an extent's chunk, once the extent's primary, which
+/// rows its journal still holds records of: a primary that took over from
+/// it catches its chunk up with those rows and the ones written since,
+/// instead of rebuilding the whole chunk (which a single bad block
+/// elsewhere in the stripe would stop for good).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentDoubtsRequest {
+    pub extent: ExtentRef,
+}
+
+/// Most ranges in an [`ExtentDoubtsDone`]; a holder with more answers
+/// [`extent_error::UNAVAILABLE`] and its chunk is rebuilt whole.
+pub const EXTENT_DOUBTS_RANGES_MAX: usize = 4096;
+
+/// The rows of the extent where the answering node's chunk may disagree
+/// with the rest of its stripe, as `(offset, len)` extent ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentDoubtsDone {
+    pub ranges: Vec<(u64, u64)>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtentDone {
     /// The extent's epoch as the primary acted on it.
@@ -125,6 +146,11 @@ extent_rpc!(
     ExtentTakeover, Kind::EXTENT_TAKEOVER, ExtentTakeoverRequest, ExtentDone
 );
 
+extent_rpc!(
+    /// What an old primary's journal holds of an extent it no longer leads.
+    ExtentDoubts, Kind::EXTENT_DOUBTS, ExtentDoubtsRequest, ExtentDoubtsDone
+);
+
 /// Decodes `header` as every extent message of `kind` (fuzzing).
 pub(crate) fn decode_headers_for_fuzz(kind: Kind, header: &[u8]) {
     match kind {
@@ -142,6 +168,10 @@ pub(crate) fn decode_headers_for_fuzz(kind: Kind, header: &[u8]) {
         }
         Kind::EXTENT_TAKEOVER => {
             let _ = postcard::from_bytes::<ExtentTakeoverRequest>(header);
+        }
+        Kind::EXTENT_DOUBTS => {
+            let _ = postcard::from_bytes::<ExtentDoubtsRequest>(header);
+            let _ = postcard::from_bytes::<ExtentDoubtsDone>(header);
         }
         _ => return,
     }

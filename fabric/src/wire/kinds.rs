@@ -77,6 +77,8 @@ impl Kind {
     pub const EXTENT_FLUSH: Kind = Kind(0x0313);
     /// Ask a holder to replace an unreachable extent primary.
     pub const EXTENT_TAKEOVER: Kind = Kind(0x0314);
+    /// Ask an extent's old primary which rows it may have left in doubt.
+    pub const EXTENT_DOUBTS: Kind = Kind(0x0315);
 }
 
 impl fmt::Debug for Kind {
@@ -294,6 +296,13 @@ pub static KIND_TABLE: &[KindSpec] = &[
         kind: Kind::EXTENT_TAKEOVER,
         name: "ExtentTakeover",
         allowed: RoleSet::ALL,
+    },
+    // Between primaries only: a new primary catching up the chunk of
+    // the one it took over from.
+    KindSpec {
+        kind: Kind::EXTENT_DOUBTS,
+        name: "ExtentDoubts",
+        allowed: RoleSet::CHUNKSERVER,
     },
 ];
 
