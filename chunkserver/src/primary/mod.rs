@@ -2482,6 +2482,13 @@ impl Primary {
                 ranges.len()
             )));
         }
+        // The asker catches this node's chunk up with these rows and puts
+        // it back in service at a later epoch: the records are done then,
+        // even if this node's replay never saw the chunk out.
+        self.handed
+            .lock()
+            .entry((r.extent.lun, r.extent.extent))
+            .or_insert(r.extent.epoch);
         Ok((ExtentDoubtsDone { ranges }, Bytes::new()))
     }
 

@@ -210,6 +210,23 @@ fn decode(e: &[u8; CRC_ENTRY_BYTES as usize]) -> Entry {
 /// Replace `v`'s contents with the `len` bytes at `offset`, without
 /// zeroing the memory first (for buffers handed out, not reused).
 pub fn read_to_vec(f: &File, v: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+    read_to_vec_with(f, v, len, offset, 0)
+}
+
+/// [`read_to_vec`] only from the page cache (`RWF_NOWAIT`): fails with
+/// `WouldBlock` instead of waiting for the device, so a runtime thread may
+/// call it (`Store::read`).
+pub fn read_cached_to_vec(f: &File, v: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+    read_to_vec_with(f, v, len, offset, libc::RWF_NOWAIT)
+}
+
+fn read_to_vec_with(
+    f: &File,
+    v: &mut Vec<u8>,
+    len: usize,
+    offset: u64,
+    flags: libc::c_int,
+) -> io::Result<()> {
     v.clear();
     v.reserve_exact(len);
     let spare = &mut v.spare_capacity_mut()[..len];
@@ -218,9 +235,15 @@ pub fn read_to_vec(f: &File, v: &mut Vec<u8>, len: usize, offset: u64) -> io::Re
         let rest = &mut spare[done..];
         let at = libc::off_t::try_from(offset + done as u64)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: `rest` is writable memory owned by `v`, `rest.len()` bytes
-        // long; pread only writes into it, on a valid open descriptor.
-        let r = unsafe { libc::pread(f.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at) };
+        let iov = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        // SAFETY: `iov` describes writable memory owned by `v`, `rest.len()`
+        // bytes long; preadv2 only writes into it, on a valid open
+        // descriptor. (preadv2 with no flags is pread; RWF_NOWAIT needs it:
+        // measured in docs/chunk-store.md, "Cached reads without the pool".)
+        let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, at, flags) };
         match r {
             0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
             r if r < 0 => {

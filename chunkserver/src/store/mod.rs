@@ -60,6 +60,12 @@ pub const SCRUB_BATCH_BLOCKS: u64 = 256;
 /// entries per request.
 pub const TABLE_CACHE_BYTES_MAX: u64 = 64 << 20;
 
+/// Longest read served on the caller's (runtime) thread when its bytes are
+/// cached (`Inner::read_cached`): copying and checking it takes a few tens
+/// of µs; longer reads go to the blocking pool, whose hop costs less than
+/// they do.
+const CACHED_READ_BYTES_MAX: u64 = 256 << 10;
+
 /// One node's share of one extent.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 pub struct ChunkId {
@@ -910,6 +916,11 @@ impl ChunkStore {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        if !self.inner.memory_backed && len <= CACHED_READ_BYTES_MAX {
+            if let Some(buf) = self.inner.read_cached(&chunk, offset, len) {
+                return Ok(Bytes::from(buf));
+            }
+        }
         self.data_io(move |inner| {
             inner
                 .read_verified(&chunk, offset, len, EntriesFrom::CacheOrFile)
@@ -1688,6 +1699,30 @@ impl Inner {
         // On error `buf` is dropped here: its bytes never leave.
         self.verify_locked(c, &table, offset, &buf, from)?;
         Ok(buf)
+    }
+
+    /// `read_verified` on a runtime thread, if nothing there can wait for
+    /// the device: the chunk's checksum table is cached, no mutation holds
+    /// its io lock, every byte is in the page cache (`RWF_NOWAIT`), and
+    /// every block verifies. `None`: take the blocking pool, which also
+    /// reports bad blocks. Saves the pool's two thread hops (~15 µs) on
+    /// each cached read.
+    fn read_cached(&self, c: &Arc<Chunk>, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let len = usize::try_from(len).ok()?;
+        let table = c.io.try_read()?;
+        let first = offset / BLOCK_BYTES;
+        let n = len as u64 / BLOCK_BYTES;
+        let entries = c.cached_entries(&table, first, n)?;
+        let mut buf = Vec::new();
+        file::read_cached_to_vec(&c.file, &mut buf, len, offset).ok()?;
+        if !file::verify_bytes(&buf, entries).is_empty() {
+            return None;
+        }
+        let s = c.state.lock();
+        if s.gone || s.bad.range(first..first + n).next().is_some() {
+            return None;
+        }
+        Some(buf)
     }
 
     /// Fill `buf` from `offset` and verify every block against its entry
