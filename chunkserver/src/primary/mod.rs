@@ -2841,7 +2841,12 @@ impl Primary {
             bytes,
             epoch = e2.epoch,
             primary = %e2.primary_node().map(|n| n.to_string()).unwrap_or_default(),
-            "chunk rebuilt and back in service"
+            "{}",
+            if whole {
+                "chunk rebuilt and back in service"
+            } else {
+                "chunk caught up and back in service"
+            }
         );
         Ok(())
     }
