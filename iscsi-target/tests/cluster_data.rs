@@ -71,7 +71,13 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 }
 
 async fn cluster_with_lun(size: u64) -> Cluster {
+    cluster_configured_with_lun(size, "").await
+}
+
+/// [`cluster_with_lun`], `toml` appended to every node's config.
+async fn cluster_configured_with_lun(size: u64, toml: &str) -> Cluster {
     let mut c = Cluster::new(4, 2);
+    c.append_node_config(toml);
     c.start_nodes().await;
     c.create_lun("data", size, 3).await;
     c.start_gateway(0).await;
@@ -725,13 +731,9 @@ async fn a_returning_holder_is_caught_up_with_only_what_it_missed() {
 /// the parity would disagree with the data there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_taken_over_is_caught_up_and_a_bad_block_elsewhere_repaired() {
-    let mut c = Cluster::new(4, 1);
     // Its own flushes every second retire the journal records of the
     // first writes before the crash, so they are not rows in doubt.
-    c.append_node_config("[journal]\nflush_after_secs = 1\n");
-    c.start_nodes().await;
-    c.create_lun("data", 64 * MIB, 3).await;
-    c.start_gateway(0).await;
+    let mut c = cluster_configured_with_lun(64 * MIB, "[journal]\nflush_after_secs = 1\n").await;
     io(&c, "write -P 0x33 0 6M");
     let s = c.summary().await;
     let (lun, unit) = (s.luns[0].id, u64::from(s.luns[0].stripe_unit));
@@ -1131,13 +1133,11 @@ struct Unflushed {
 }
 
 async fn unflushed_write_to_chunk_1(flush_after_secs: u64) -> Unflushed {
-    let mut c = Cluster::new(4, 1);
-    c.append_node_config(&format!(
-        "[journal]\nflush_after_secs = {flush_after_secs}\n"
-    ));
-    c.start_nodes().await;
-    c.create_lun("data", 64 * MIB, 3).await;
-    c.start_gateway(0).await;
+    let c = cluster_configured_with_lun(
+        64 * MIB,
+        &format!("[journal]\nflush_after_secs = {flush_after_secs}\n"),
+    )
+    .await;
     let row = write_row_0(&c).await;
     let file = chunk_file(&c, row.chunk1, row.lun, 0, 1);
     let saved = c.dir.path().join("chunk1.saved");

@@ -2773,7 +2773,7 @@ impl Primary {
         // had buffered is still there); otherwise rebuilt whole.
         let incarnation = self.flush_one(&e, slot).await?;
         let kept = self.incarnation_seen(&e, slot) == Some(incarnation);
-        let whole = vec![(0, layout.chunk_bytes)];
+        let all = vec![(0, layout.chunk_bytes)];
         let ranges = match self.missed.ranges(&e, slot) {
             // Taken over from its holder: what it missed since, and the
             // rows its own journal names (it knows whether its page cache
@@ -2791,12 +2791,12 @@ impl Primary {
                     Err(err) => {
                         info!(lun = e.lun, extent = e.index, slot, %err,
                             "the old primary cannot say which rows it left in doubt: rebuilding its chunk whole");
-                        whole
+                        all
                     }
                 }
             }
             Some(r) if existed && kept => r,
-            _ => whole,
+            _ => all,
         };
         let bytes: u64 = ranges.iter().map(|(a, b)| b - a).sum();
         let whole = ranges == [(0, layout.chunk_bytes)];
