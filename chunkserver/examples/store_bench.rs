@@ -7,12 +7,13 @@
 //! - **sync**: the synchronous API (`*_blocking`) from `--jobs` OS threads,
 //!   each with one request at a time and its own reused buffers, as fio's
 //!   `psync` jobs;
-//! - **async**: the async API from `--jobs` tokio tasks (every request
-//!   crosses to the blocking pool and back);
+//! - **async**: the async API from `--jobs` tokio tasks on a multi-thread
+//!   runtime (a request blocks its worker with `block_in_place`, or reads
+//!   cached bytes without blocking);
 //!
-//! then fio (`psync`, `--numjobs=--jobs`, one file of the same size, laid
-//! out like the chunk: see `lay_out`). Before each side the filesystem is
-//! synced (`settle`). "stable" = `Durability::Stable` for the store and
+//! then fio (`psync`, `--numjobs=--jobs`, one file of the same size). Before
+//! each side its file is laid out afresh, the chunk like fio's file (see
+//! `lay_out`), and the filesystem is synced (`settle`). "stable" = `Durability::Stable` for the store and
 //! `--fdatasync=1` for fio (one fdatasync per write). Reads come from the
 //! page cache on both sides (`--invalidate=0`) and the store verifies every
 //! block's CRC32C, always.
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chunkserver::store::{ChunkId, ChunkMeta, ChunkStore, Durability, StoreConfig};
+use chunkserver::store::{ChunkId, ChunkMeta, ChunkStore, Durability, StoreConfig, StoreError};
 use clap::Parser;
 
 const MIB: u64 = 1 << 20;
@@ -166,7 +167,11 @@ fn settle(dir: &std::path::Path) -> std::io::Result<()> {
 /// page cache keeps large folios for them, and a 4 KiB write into a large
 /// folio costs several times one into a small folio (measured here: ~11 µs
 /// against ~2 µs). Had fio laid its file out itself with a 4 KiB job, the
-/// two sides would not be comparable.
+/// two sides would not be comparable. They are laid out again before every
+/// side: over a run the kernel splits some large folios of a file into
+/// small ones (seen in `/proc/kpageflags`: 2 of fio's 256 split within a
+/// minute), which sped whichever side held the file up to twice for 4 KiB
+/// writes.
 fn lay_out(path: &std::path::Path, size: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
@@ -179,6 +184,31 @@ fn lay_out(path: &std::path::Path, size: u64) -> std::io::Result<()> {
         f.write_all_at(&fill, m * MIB)?;
     }
     f.sync_all()
+}
+
+/// The chunk laid out like fio's file (`lay_out`): created anew (its old
+/// file and page-cache folios gone), written by 1 MiB overwrites, flushed.
+async fn lay_out_chunk(store: &ChunkStore, id: ChunkId, size: u64) -> Result<(), StoreError> {
+    if store.info(id).is_some() {
+        store.delete(id).await?;
+    }
+    store
+        .create(
+            id,
+            ChunkMeta {
+                size_bytes: size,
+                epoch: 1,
+            },
+        )
+        .await?;
+    let fill = Bytes::from(vec![0xa5u8; MIB as usize]);
+    for m in 0..size / MIB {
+        store
+            .overwrite(id, m * MIB, fill.clone(), 1, Durability::Buffered)
+            .await?;
+    }
+    store.flush().await?;
+    Ok(())
 }
 
 /// The synchronous API from `jobs` OS threads; bytes/s.
@@ -347,20 +377,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         extent: 1,
         index: 0,
     };
-    rt.block_on(store.create(
-        id,
-        ChunkMeta {
-            size_bytes: size,
-            epoch: 1,
-        },
-    ))?;
-    // Lay the chunk and fio's file out the same way (see `lay_out`).
-    let fill = vec![0xa5u8; MIB as usize];
-    for m in 0..a.size_mib {
-        store.overwrite_blocking(id, m * MIB, &fill, 1, Durability::Buffered)?;
-    }
-    store.flush_blocking()?;
-    lay_out(&a.dir.join("fio.dat"), size)?;
+    let fio_file = a.dir.join("fio.dat");
     println!(
         "dir {} ({}), chunk/file {} MiB, {} s per case and side, {} job(s), best of {} round(s); fio psync",
         a.dir.display(),
@@ -390,8 +407,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // waits for the host's writeback): each round starts with the
             // next side, so every side gets a run that is not first.
             for side in 0..3 {
+                let side = (round as usize + side) % 3;
+                // Every side starts from a file laid out afresh, so all
+                // start with the same page-cache folios (see `lay_out`).
+                match side {
+                    0 | 1 => rt.block_on(lay_out_chunk(&store, id, size))?,
+                    _ => lay_out(&fio_file, size)?,
+                }
                 settle(&a.dir)?;
-                match (round as usize + side) % 3 {
+                match side {
                     0 => s = s.max(run_sync(&store, id, c, size, &a)),
                     1 => t = t.max(rt.block_on(run_async(store.clone(), id, c, size, &a))),
                     _ => {
@@ -424,6 +448,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(store);
     let _ = std::fs::remove_dir_all(&store_dir);
-    let _ = std::fs::remove_file(a.dir.join("fio.dat"));
+    let _ = std::fs::remove_file(&fio_file);
     Ok(())
 }

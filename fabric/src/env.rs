@@ -49,6 +49,17 @@ where
     tokio::task::spawn_blocking(f).await
 }
 
+/// Whether the caller may block its thread with
+/// `tokio::task::block_in_place`, which first hands the worker's other
+/// tasks to another thread: on a worker of a multi-thread runtime, outside
+/// a simulation (which runs every host on one thread, in a fixed order).
+/// A call blocked that way costs no wake-up, where [`blocking`] costs two.
+pub fn can_block_in_place() -> bool {
+    !simulated()
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// A random number for a component's own choices (gossip peers, back-off
 /// jitter): from the OS normally; in a simulation from one generator seeded
 /// by the simulation ([`reseed`]), so the run depends only on its seed (the

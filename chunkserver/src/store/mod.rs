@@ -5,11 +5,12 @@
 //!
 //! The data path is synchronous underneath: `read_blocking`,
 //! `write_blocking`, `overwrite_blocking`, ... run on the caller's thread
-//! with the caller's buffers; the async methods run the same core once on
-//! tokio's blocking pool — or, when the store lives on a memory file system
-//! (tmpfs, ramfs: no device behind it, so no call can wait for a disk), on
-//! the calling task's thread, which saves the hop to the pool and back
-//! (measured in `docs/benchmarks.md`).
+//! with the caller's buffers; the async data calls run the same core on the
+//! calling task's thread: inline when the store lives on a memory file
+//! system (tmpfs, ramfs: no device behind it, so no call can wait for a
+//! disk), else in `block_in_place` on a multi-thread runtime, else (a
+//! current-thread runtime) on tokio's blocking pool. Both of the first two
+//! save the hop to the pool and back (measured in `docs/chunk-store.md`).
 //!
 //! Invariant: no byte of a block is returned unless the block verifies
 //! against its checksum entry and is not marked bad. Boundary: this module
@@ -783,7 +784,7 @@ impl ChunkStore {
 
     // The data path. Each operation has a synchronous core (`*_blocking`,
     // for callers on their own threads: no hop, no allocation per request)
-    // and an async form that runs the same core on tokio's blocking pool.
+    // and an async form that runs the same core through `data_io`.
 
     /// Write `data` at `offset`; returns `old ⊕ new` of the range (the
     /// parity delta). Every old block must verify (else `Checksum`, nothing
@@ -806,10 +807,19 @@ impl ChunkStore {
     }
 
     /// Runs one data-path call (`write`, `apply_delta`, `overwrite`, `read`:
-    /// at most `CHUNK_IO_BYTES_MAX` of memory copies and CRCs) inline on a
-    /// memory file system, else on the blocking pool. Inline it can only
-    /// wait for the chunk's lock, held at most for another such call, or a
-    /// whole-chunk call or scrub step of the same chunk (milliseconds).
+    /// at most `CHUNK_IO_BYTES_MAX` of memory copies and CRCs) without a
+    /// hop to another thread where it can:
+    /// - on a memory file system, inline: it can only wait for the chunk's
+    ///   lock, held at most for another such call, or a whole-chunk call or
+    ///   scrub step of the same chunk (milliseconds);
+    /// - on a worker of a multi-thread runtime, in `block_in_place`: the
+    ///   worker first hands its other tasks to another thread, so a call
+    ///   that waits for the disk stalls nothing else, and the call itself
+    ///   waits for no wake-up (the pool's round trip took 15–80 µs here,
+    ///   against ~8 µs for a cached 4 KiB write);
+    /// - else (a current-thread runtime, where `block_in_place` is not
+    ///   allowed) on the blocking pool.
+    ///
     /// Everything else (create, delete, whole chunks, flush) keeps the pool.
     async fn data_io<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -818,6 +828,9 @@ impl ChunkStore {
     {
         if self.inner.memory_backed {
             return f(&self.inner);
+        }
+        if fabric::env::can_block_in_place() {
+            return tokio::task::block_in_place(|| f(&self.inner));
         }
         let inner = self.inner.clone();
         blocking(move || f(&inner)).await
@@ -1705,8 +1718,8 @@ impl Inner {
     /// the device: the chunk's checksum table is cached, no mutation holds
     /// its io lock, every byte is in the page cache (`RWF_NOWAIT`), and
     /// every block verifies. `None`: take the blocking pool, which also
-    /// reports bad blocks. Saves the pool's two thread hops (~15 µs) on
-    /// each cached read.
+    /// reports bad blocks. Saves the hand-off of `block_in_place` (or the
+    /// pool's two thread hops) on each cached read.
     fn read_cached(&self, c: &Arc<Chunk>, offset: u64, len: u64) -> Option<Vec<u8>> {
         let len = usize::try_from(len).ok()?;
         let table = c.io.try_read()?;

@@ -1499,6 +1499,53 @@ async fn concurrent_stable_writers_share_syncs() {
     assert_eq!(s.inner.sync.synced.load(Ordering::SeqCst), seq);
 }
 
+/// An async data call that waits (here for its chunk's lock, as it would
+/// for the disk) stalls no other task, even on a runtime of one worker:
+/// the call gives its worker's tasks to another thread (`block_in_place`)
+/// instead of blocking them.
+#[test]
+fn a_data_call_that_waits_stalls_no_other_task() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let h = Harness::new(64 * MIB, 0);
+    let s = Arc::new(h.store.expect("store"));
+    let meta = ChunkMeta {
+        size_bytes: MIB,
+        epoch: 1,
+    };
+    rt.block_on(s.create(id(0), meta)).expect("create");
+    let chunk = s.inner.get(id(0)).expect("chunk");
+    let held = chunk.io.write();
+    let writer = {
+        let s = s.clone();
+        rt.spawn(async move { s.write(id(0), 0, pat(1, B), 1, Buffered).await })
+    };
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let during = ticks.load(Ordering::SeqCst);
+    assert!(!writer.is_finished(), "the write did not wait for the lock");
+    drop(held);
+    let delta = rt.block_on(writer).expect("join").expect("write");
+    assert_eq!(delta, pat(1, B), "old contents were zeroes");
+    ticker.abort();
+    assert!(
+        during >= 50,
+        "other tasks stalled while a data call waited: {during} ticks in 300 ms"
+    );
+}
+
 fn op_strategy() -> impl Strategy<Value = Op> {
     let c = 0u64..3;
     let blk = 0u64..20; // chunks are 16 blocks: some ops run past the end
@@ -1574,8 +1621,14 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     #[test]
-    fn random_ops_match_the_model(ops in proptest::collection::vec(op_strategy(), 1..40), reopen_at in 0usize..40, tiny_cache in any::<bool>()) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    fn random_ops_match_the_model(ops in proptest::collection::vec(op_strategy(), 1..40), reopen_at in 0usize..40, tiny_cache in any::<bool>(), multi_thread in any::<bool>()) {
+        // The async data calls run in `block_in_place` on a multi-thread
+        // runtime and on the blocking pool on a current-thread one.
+        let mut rt = match multi_thread {
+            true => tokio::runtime::Builder::new_multi_thread(),
+            false => tokio::runtime::Builder::new_current_thread(),
+        };
+        let rt = rt.worker_threads(2).enable_all().build().expect("rt");
         rt.block_on(async {
             // Capacity of 2.5 chunks of 16 blocks: creates sometimes hit Full.
             let mut h = Harness::new(40 * B, 0);
