@@ -221,7 +221,10 @@ fn run_sync(store: &ChunkStore, id: ChunkId, c: Case, size: u64, a: &Args) -> f6
     std::thread::scope(|s| {
         for j in 0..jobs {
             let bytes = &bytes;
-            s.spawn(move || {
+            // Named, so that `perf report --comm sync-job` shows this side
+            // alone (the layout runs on the main thread).
+            let job = std::thread::Builder::new().name("sync-job".into());
+            let spawned = job.spawn_scoped(s, move || {
                 let data = vec![0x5au8 ^ j as u8; c.bs as usize];
                 let mut buf = vec![0u8; c.bs as usize];
                 let mut offsets = Offsets::new(c, size, j, jobs);
@@ -240,6 +243,9 @@ fn run_sync(store: &ChunkStore, id: ChunkId, c: Case, size: u64, a: &Args) -> f6
                     bytes.fetch_add(c.bs, Ordering::Relaxed);
                 }
             });
+            if let Err(e) = spawned {
+                eprintln!("cannot start a sync job: {e}");
+            }
         }
     });
     bytes.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
