@@ -433,7 +433,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         }
                     }
                 }
-                store.flush_blocking()?;
             }
         }
         // A read-modify-write costs at least fio's read plus its write.

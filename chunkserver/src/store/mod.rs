@@ -63,8 +63,8 @@ pub const TABLE_CACHE_BYTES_MAX: u64 = 64 << 20;
 
 /// Longest read served on the caller's (runtime) thread when its bytes are
 /// cached (`Inner::read_cached`): copying and checking it takes a few tens
-/// of µs; longer reads go to the blocking pool, whose hop costs less than
-/// they do.
+/// of µs; longer reads go through `ChunkStore::data_io`, whose hand-off
+/// costs less than they do.
 const CACHED_READ_BYTES_MAX: u64 = 256 << 10;
 
 /// One node's share of one extent.
@@ -1717,7 +1717,7 @@ impl Inner {
     /// `read_verified` on a runtime thread, if nothing there can wait for
     /// the device: the chunk's checksum table is cached, no mutation holds
     /// its io lock, every byte is in the page cache (`RWF_NOWAIT`), and
-    /// every block verifies. `None`: take the blocking pool, which also
+    /// every block verifies. `None`: take `ChunkStore::data_io`, which also
     /// reports bad blocks. Saves the hand-off of `block_in_place` (or the
     /// pool's two thread hops) on each cached read.
     fn read_cached(&self, c: &Arc<Chunk>, offset: u64, len: u64) -> Option<Vec<u8>> {

@@ -1624,11 +1624,9 @@ proptest! {
     fn random_ops_match_the_model(ops in proptest::collection::vec(op_strategy(), 1..40), reopen_at in 0usize..40, tiny_cache in any::<bool>(), multi_thread in any::<bool>()) {
         // The async data calls run in `block_in_place` on a multi-thread
         // runtime and on the blocking pool on a current-thread one.
-        let mut rt = match multi_thread {
-            true => tokio::runtime::Builder::new_multi_thread(),
-            false => tokio::runtime::Builder::new_current_thread(),
-        };
-        let rt = rt.worker_threads(2).enable_all().build().expect("rt");
+        let rt = fabric::env::runtime_builder(if multi_thread { 2 } else { 1 })
+            .build()
+            .expect("rt");
         rt.block_on(async {
             // Capacity of 2.5 chunks of 16 blocks: creates sometimes hit Full.
             let mut h = Harness::new(40 * B, 0);
