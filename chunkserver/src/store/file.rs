@@ -69,14 +69,50 @@ pub fn table_bytes(size_bytes: u64) -> u64 {
     size_bytes / BLOCK_BYTES * CRC_ENTRY_BYTES
 }
 
-/// The whole checksum table, read with one system call (the store's
-/// in-memory copy, see `TableCache` in `mod.rs`).
+/// The whole checksum table, read with one system call.
 pub fn read_table(f: &File, size_bytes: u64) -> io::Result<Box<[u8]>> {
     let len = usize::try_from(table_bytes(size_bytes))
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut t = vec![0u8; len].into_boxed_slice();
     f.read_exact_at(&mut t, table_offset(size_bytes))?;
     Ok(t)
+}
+
+/// A chunk's whole checksum table mapped shared and writable: the store's
+/// cached table. Its bytes are the file's page cache, so a store into it
+/// leaves the file exactly as a `pwrite` of the same bytes would, without
+/// the system call (the second of a write's two; docs/chunk-store.md,
+/// "Checksum table cache").
+pub type TableMap = memmap2::MmapMut;
+
+/// Map the chunk file's checksum table (see [`TableMap`]). Everything
+/// that could fail at a store or a load through the mapping is made to
+/// fail here instead, as an error: the table's blocks are allocated first
+/// (a store into a page with none would allocate at fault time, and
+/// ENOSPC there is SIGBUS), and the table is read once (a page that
+/// cannot be read fails this call, and every page is then in the cache).
+pub fn map_table(f: &File, size_bytes: u64) -> io::Result<TableMap> {
+    let offset = table_offset(size_bytes);
+    let len = usize::try_from(table_bytes(size_bytes))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if len == 0 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    allocate(f, offset, len as u64)?;
+    read_table(f, size_bytes)?;
+    // SAFETY: the mapping covers `[offset, offset + len)`, inside the file
+    // (`file_len`: a chunk file is never shortened while open). The Rust
+    // rule that mapped bytes must not change under a reference holds
+    // because nothing else writes them: the store writes a mapped table
+    // only through the mapping, under the chunk's exclusive io lock, and
+    // reads it under the shared one; no other process writes chunk files
+    // (tests that edit them do so between requests).
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map_mut(f)
+    }
 }
 
 /// The on-disk bytes of entries `[first, first + n)` within a whole table;
@@ -297,6 +333,21 @@ pub fn write_entries(f: &File, size_bytes: u64, first: u64, entries: &[Entry]) -
         buf.extend_from_slice(&e.cur.to_le_bytes());
     }
     f.write_all_at(&buf, table_offset(size_bytes) + first * CRC_ENTRY_BYTES)
+}
+
+/// Allocate blocks for `[offset, offset + len)` (the size unchanged):
+/// what was a hole still reads as zeroes.
+fn allocate(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: plain syscall on a valid, open file descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off, l) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Deallocate `[offset, offset + len)`; it reads back as zeroes.

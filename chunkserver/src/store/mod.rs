@@ -54,11 +54,11 @@ pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 const BOOT_ID_BYTES_MAX: u64 = 256;
 /// Blocks the scrubber verifies per read.
 pub const SCRUB_BATCH_BLOCKS: u64 = 256;
-/// Memory for in-memory copies of checksum tables (see [`TableCache`]).
-/// A table is 1/512 of its chunk (8 bytes per 4 KiB block), so 64 MiB holds
-/// the tables of 32 GiB of recently used chunks: the hot set of a node,
-/// not its disk. Chunks beyond it work as before, one `pread` of their
-/// entries per request.
+/// Bytes of checksum tables mapped at once (see [`TableCache`]). A table
+/// is 1/512 of its chunk (8 bytes per 4 KiB block), so 64 MiB holds the
+/// tables of 32 GiB of recently used chunks: the hot set of a node, not
+/// its disk. Chunks beyond it work as before, one `pread` and one `pwrite`
+/// of their entries per request.
 pub const TABLE_CACHE_BYTES_MAX: u64 = 64 << 20;
 
 /// Longest read served on the caller's (runtime) thread when its bytes are
@@ -225,9 +225,9 @@ pub enum StoreError {
     Index(String),
 }
 
-/// The in-memory copy of a chunk's whole checksum table, in its on-disk
-/// form, when cached (see [`TableCache`]).
-type CachedTable = Option<Box<[u8]>>;
+/// A chunk's whole checksum table mapped into memory, when cached (see
+/// [`TableCache`]).
+type CachedTable = Option<file::TableMap>;
 
 /// In-memory state of one open chunk.
 struct Chunk {
@@ -235,9 +235,9 @@ struct Chunk {
     size_bytes: u64,
     file: File,
     /// Shared by reads, exclusive for mutations: a read sees each block's
-    /// data and checksum entry from the same moment. It guards the cached
-    /// copy of the checksum table, which is therefore always equal to the
-    /// file's table whenever a holder of the lock looks at it.
+    /// data and checksum entry from the same moment. It guards the mapping
+    /// of the checksum table when cached, which is written only under the
+    /// exclusive lock.
     io: RwLock<CachedTable>,
     /// Set by every use of the cached table, cleared by the eviction
     /// clock: the "recently used" bit of [`TableCache`].
@@ -408,7 +408,8 @@ enum Mutation {
 enum EntriesFrom {
     /// The cached table if there is one (requests).
     CacheOrFile,
-    /// The file, always (the scrubber: what is on disk is what it checks).
+    /// The file, always (the scrubber: it neither loads nor marks tables,
+    /// so a pass over every chunk does not churn the cache).
     File,
 }
 
@@ -432,14 +433,14 @@ struct SyncState {
     leader: Mutex<()>,
 }
 
-/// Bounded in-memory copies of the checksum tables of recently used
-/// chunks, so that a read or the read half of a mutation needs no system
-/// call for its entries. Write-through: every mutation writes its entries
-/// to the file exactly as without the cache (same calls, same order
-/// relative to the data: the crash-safety argument is unchanged) and then
-/// into the copy; the file stays the truth, and the scrubber reads it.
-/// A table is the chunk's `io` lock's value (see [`Chunk::io`]): it is
-/// read under the shared lock and changed under the exclusive one.
+/// The checksum tables of recently used chunks, mapped into memory
+/// (`file::map_table`), so that a request reads and writes its entries
+/// with no system call. A mapped table is the file's page cache itself:
+/// a store into it is the `pwrite` of the uncached path without the call
+/// (same bytes, same place, same order relative to the data: the
+/// crash-safety argument is unchanged). A table is the chunk's `io`
+/// lock's value (see [`Chunk::io`]): it is read under the shared lock and
+/// written under the exclusive one.
 ///
 /// Whole tables, evicted by a clock (second chance: an approximation of
 /// least recently used whose cost on a hit is one relaxed load of a bit
@@ -1545,9 +1546,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Write a mutation's new entries to the file, then to the cached
-    /// table. If the file write fails, what the file holds is unknown:
-    /// the table is dropped (the next requests read the file).
+    /// Write a mutation's new entries to the file: a store into the
+    /// mapped table when it is cached (no system call; the same bytes in
+    /// the same page cache as a `pwrite`), else a `pwrite`.
     fn write_entries(
         &self,
         c: &Chunk,
@@ -1555,19 +1556,17 @@ impl Inner {
         first: u64,
         entries: &file::Entries,
     ) -> Result<(), StoreError> {
-        if let Err(e) = entries.write(&c.file, c.size_bytes, first) {
-            self.drop_table(c, table);
-            return Err(e.into());
-        }
         let n = entries.len() as u64;
         let slot = file::table_range(first, n)
             .and_then(|r| table.as_deref_mut().and_then(|t| t.get_mut(r)));
-        match slot {
-            Some(slot) => slot.copy_from_slice(entries.bytes()),
-            // Not cached (or, impossibly, a range outside it: never serve
-            // a copy that was not updated).
-            None => self.drop_table(c, table),
+        if let Some(slot) = slot {
+            slot.copy_from_slice(entries.bytes());
+            return Ok(());
         }
+        // Not cached (or, impossibly, a range outside the mapping: then
+        // the mapping is not used again).
+        self.drop_table(c, table);
+        entries.write(&c.file, c.size_bytes, first)?;
         Ok(())
     }
 
@@ -1584,10 +1583,10 @@ impl Inner {
         if table.is_some() || c.state.lock().gone {
             return;
         }
-        let loaded = match file::read_table(&c.file, c.size_bytes) {
+        let loaded = match file::map_table(&c.file, c.size_bytes) {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(chunk = %c.id, error = %e, "could not load checksum table");
+                tracing::warn!(chunk = %c.id, error = %e, "could not map checksum table");
                 return;
             }
         };
@@ -1603,7 +1602,7 @@ impl Inner {
 
     /// Forget the chunk's cached table, if any (under its `io` lock held
     /// exclusively: `table` is its value). Linear in the cached tables:
-    /// only delete, replacement and failed writes come here.
+    /// only delete and replacement find one to drop.
     fn drop_table(&self, c: &Chunk, table: &mut CachedTable) {
         if table.take().is_none() {
             return;
