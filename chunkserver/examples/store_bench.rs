@@ -12,8 +12,9 @@
 //!   cached bytes without blocking);
 //!
 //! then fio (`psync`, `--numjobs=--jobs`, one file of the same size). Before
-//! each side its file is laid out afresh, the chunk like fio's file (see
-//! `lay_out`), and the filesystem is synced (`settle`). "stable" =
+//! each side its file is laid out afresh by writes of the case's block
+//! size, the chunk like fio's file (see `lay_out`), and the filesystem is
+//! synced (`settle`). "stable" =
 //! `Durability::Stable` for the store and `--fdatasync=1` for fio (one
 //! fdatasync per write). Reads come from the page cache on both sides
 //! (`--invalidate=0`) and the store verifies every block's CRC32C, always.
@@ -163,33 +164,40 @@ fn settle(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Both files are laid out the same way, by 1 MiB writes then fsync: the
-/// page cache keeps large folios for them, and a 4 KiB write into a large
-/// folio costs several times one into a small folio (measured here: ~11 µs
-/// against ~2 µs). Had fio laid its file out itself with a 4 KiB job, the
-/// two sides would not be comparable. They are laid out again before every
-/// side: over a run the kernel splits some large folios of a file into
-/// small ones (seen in `/proc/kpageflags`: 2 of fio's 256 split within a
-/// minute), and the file with more split folios took 4 KiB writes faster
-/// (the store measured 30–45% of fio that hour with one layout per run,
-/// 76% with a layout per side).
-fn lay_out(path: &std::path::Path, size: u64) -> std::io::Result<()> {
+/// Both files are laid out the same way before every side: created anew,
+/// written by writes of the case's block size, synced (as fio lays out a
+/// file itself, in blocks of its job's size). The size of those writes is
+/// the size of the page-cache folios the file gets, and a 4 KiB write into
+/// a large folio costs several times one into a small folio (the kernel
+/// walks every 4 KiB block of the folio: measured here ~11 µs against
+/// ~2 µs). A 4 KiB layout gives small folios only, which stay as they are;
+/// a 1 MiB layout gives large ones, which the kernel splits as a run goes
+/// on (seen in `/proc/kpageflags`: 2 of fio's 256 within a minute). Until
+/// 2026-11-28 every case used the 1 MiB layout, and 4 KiB writes measured
+/// the two files' folios more than the store: fio's rate moved between
+/// 56k and 215k IOPS from run to run.
+fn lay_out(path: &std::path::Path, size: u64, bs: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
-    let fill = vec![0xa5u8; MIB as usize];
-    for m in 0..size / MIB {
-        f.write_all_at(&fill, m * MIB)?;
+    let fill = vec![0xa5u8; bs as usize];
+    for b in 0..size / bs {
+        f.write_all_at(&fill, b * bs)?;
     }
     f.sync_all()
 }
 
 /// The chunk laid out like fio's file (`lay_out`): created anew (its old
-/// file and page-cache folios gone), written by 1 MiB overwrites, flushed.
-async fn lay_out_chunk(store: &ChunkStore, id: ChunkId, size: u64) -> Result<(), StoreError> {
+/// file and page-cache folios gone), written by overwrites of `bs`, flushed.
+async fn lay_out_chunk(
+    store: &ChunkStore,
+    id: ChunkId,
+    size: u64,
+    bs: u64,
+) -> Result<(), StoreError> {
     if store.info(id).is_some() {
         store.delete(id).await?;
     }
@@ -202,10 +210,10 @@ async fn lay_out_chunk(store: &ChunkStore, id: ChunkId, size: u64) -> Result<(),
             },
         )
         .await?;
-    let fill = Bytes::from(vec![0xa5u8; MIB as usize]);
-    for m in 0..size / MIB {
+    let fill = Bytes::from(vec![0xa5u8; bs as usize]);
+    for b in 0..size / bs {
         store
-            .overwrite(id, m * MIB, fill.clone(), 1, Durability::Buffered)
+            .overwrite(id, b * bs, fill.clone(), 1, Durability::Buffered)
             .await?;
     }
     store.flush().await?;
@@ -418,8 +426,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // Every side starts from a file laid out afresh, so all
                 // start with the same page-cache folios (see `lay_out`).
                 match side {
-                    0 | 1 => rt.block_on(lay_out_chunk(&store, id, size))?,
-                    _ => lay_out(&fio_file, size)?,
+                    0 | 1 => rt.block_on(lay_out_chunk(&store, id, size, c.bs))?,
+                    _ => lay_out(&fio_file, size, c.bs)?,
                 }
                 settle(&a.dir)?;
                 match side {
