@@ -1678,6 +1678,19 @@ fn new_cached_harness() -> Harness {
     Harness::new(64 * MIB, 0)
 }
 
+/// A harness whose chunk 1, of `size`, has its table cached.
+async fn harness_with_cached_chunk(size: u64) -> Harness {
+    let mut h = new_cached_harness();
+    h.step(Op::Create {
+        c: 1,
+        size,
+        epoch: 1,
+    })
+    .await;
+    cached_chunk(&mut h).await;
+    h
+}
+
 /// What the mapping is for: with the chunk's table mapped, a request's
 /// entries cost no system call, so an overwrite is one `pwrite` (its
 /// data), a delta write one `pread` and one `pwrite`, a read one `pread`.
@@ -1685,14 +1698,7 @@ fn new_cached_harness() -> Harness {
 /// calls run on the test's thread, so other tests' threads do not count.
 #[tokio::test]
 async fn a_mapped_table_costs_no_system_call() {
-    let mut h = new_cached_harness();
-    h.step(Op::Create {
-        c: 1,
-        size: MIB,
-        epoch: 1,
-    })
-    .await;
-    cached_chunk(&mut h).await;
+    let h = harness_with_cached_chunk(MIB).await;
     let s = h.store();
     const N: u64 = 50;
     // Reading the counters is itself a few `read`s, counted in the next
@@ -1831,14 +1837,7 @@ fn thread_syscalls() -> (u64, u64) {
 /// from the mapped table), and nothing is handed out.
 #[tokio::test]
 async fn cached_table_still_catches_flipped_data() {
-    let mut h = new_cached_harness();
-    h.step(Op::Create {
-        c: 1,
-        size: MIB,
-        epoch: 1,
-    })
-    .await;
-    cached_chunk(&mut h).await;
+    let h = harness_with_cached_chunk(MIB).await;
     flip_bit(&h.chunk_path(1), 3 * B + 9);
     let s = h.store();
     let mut buf = vec![0xeeu8; (8 * B) as usize];
@@ -1874,14 +1873,7 @@ async fn cached_table_still_catches_flipped_data() {
 /// not accepted by the stale `{prev, cur}`), overwrite, delta, write.
 #[tokio::test]
 async fn cached_table_follows_every_mutation() {
-    let mut h = new_cached_harness();
-    h.step(Op::Create {
-        c: 1,
-        size: MIB,
-        epoch: 1,
-    })
-    .await;
-    cached_chunk(&mut h).await;
+    let mut h = harness_with_cached_chunk(MIB).await;
     h.script(vec![
         (
             Op::Punch {
@@ -2008,14 +2000,7 @@ async fn cached_table_follows_every_mutation() {
 /// that takes the id starts uncached and reads its own entries.
 #[tokio::test]
 async fn cached_table_goes_with_delete_and_write_whole() {
-    let mut h = new_cached_harness();
-    h.step(Op::Create {
-        c: 1,
-        size: MIB,
-        epoch: 1,
-    })
-    .await;
-    cached_chunk(&mut h).await;
+    let mut h = harness_with_cached_chunk(MIB).await;
     assert_eq!(h.store().check_table_cache(), 2 * 1024);
     h.script(vec![
         (
@@ -2071,14 +2056,7 @@ async fn cached_table_goes_with_delete_and_write_whole() {
 /// reads at once, cached as the table is, and the scrubber finds it.
 #[tokio::test]
 async fn a_mapped_table_is_the_table_on_disk() {
-    let mut h = new_cached_harness();
-    h.step(Op::Create {
-        c: 1,
-        size: MIB,
-        epoch: 1,
-    })
-    .await;
-    cached_chunk(&mut h).await;
+    let h = harness_with_cached_chunk(MIB).await;
     // Block 5's `cur` (its data was written with seed 2; `prev` is seed 1).
     flip_bit(
         &h.chunk_path(1),
@@ -2110,14 +2088,7 @@ async fn a_mapped_table_is_the_table_on_disk() {
 /// back, and flipped data is still caught.
 #[tokio::test]
 async fn reopen_after_writes_through_a_cached_table() {
-    let mut h = new_cached_harness();
-    h.step(Op::Create {
-        c: 1,
-        size: MIB,
-        epoch: 1,
-    })
-    .await;
-    cached_chunk(&mut h).await;
+    let mut h = harness_with_cached_chunk(MIB).await;
     h.script(vec![
         (
             Op::Overwrite {
