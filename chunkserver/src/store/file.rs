@@ -338,32 +338,22 @@ pub fn write_entries(f: &File, size_bytes: u64, first: u64, entries: &[Entry]) -
 /// Allocate blocks for `[offset, offset + len)` (the size unchanged):
 /// what was a hole still reads as zeroes.
 fn allocate(f: &File, offset: u64, len: u64) -> io::Result<()> {
-    let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    };
-    // SAFETY: plain syscall on a valid, open file descriptor.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, off, l) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    fallocate_keep_size(f, 0, offset, len)
 }
 
 /// Deallocate `[offset, offset + len)`; it reads back as zeroes.
 pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    fallocate_keep_size(f, libc::FALLOC_FL_PUNCH_HOLE, offset, len)
+}
+
+/// `fallocate` with `mode | FALLOC_FL_KEEP_SIZE` over `[offset, offset +
+/// len)`.
+fn fallocate_keep_size(f: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     };
     // SAFETY: plain syscall on a valid, open file descriptor.
-    let rc = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off,
-            l,
-        )
-    };
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode | libc::FALLOC_FL_KEEP_SIZE, off, l) };
     if rc == 0 {
         Ok(())
     } else {

@@ -1869,8 +1869,9 @@ async fn cached_table_still_catches_flipped_data() {
     s.check_table_cache();
 }
 
-/// Every mutation updates the mapped table: punch (whose new entry `{cur, 0}` is
-/// not accepted by the stale `{prev, cur}`), overwrite, delta, write.
+/// Every mutation updates the mapped table: punch (whose new entry
+/// `{cur, 0}` is not accepted by the stale `{prev, cur}`), overwrite,
+/// delta, write.
 #[tokio::test]
 async fn cached_table_follows_every_mutation() {
     let mut h = harness_with_cached_chunk(MIB).await;
